@@ -1,0 +1,101 @@
+"""Atomic DeepSpeed checkpoints and `--resume auto`.
+
+DeepSpeed writes a checkpoint as a folder of files, from several ranks; a kill in
+the middle leaves a half-written folder.  So every rank writes into
+``<dir>/.staging/<tag>``; after a barrier, rank 0 adds a ``dstrain_complete.json``
+marker and renames the folder to ``<dir>/<tag>`` (one atomic rename on a POSIX
+file system), then atomically rewrites ``<dir>/latest``.  Resume only ever
+considers folders that carry the marker, so a crash loses at most the interval
+since the last completed save.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import distributed as dstdist
+from .errors import ConfigError
+
+MARKER = "dstrain_complete.json"
+STAGING = ".staging"
+TAG_RE = re.compile(r"^step(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:09d}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(save_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    found = []
+    for child in save_dir.iterdir():
+        m = TAG_RE.match(child.name)
+        if m and (child / MARKER).is_file():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_last: int = 2) -> Path:
+    """Write a checkpoint atomically; every rank must call this."""
+    save_dir = Path(save_dir)
+    staging = save_dir / STAGING
+    tag = tag_for(step)
+    if dstdist.is_main():
+        shutil.rmtree(staging / tag, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    dstdist.barrier()
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    dstdist.barrier()
+    final = save_dir / tag
+    if dstdist.is_main():
+        _atomic_write_text(staging / tag / MARKER, json.dumps({"step": step, "tag": tag}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / tag, final)
+        _atomic_write_text(save_dir / "latest", tag)
+        for _, old in complete_checkpoints(save_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dstdist.barrier()
+    return final
+
+
+def resolve_resume(resume: Optional[str], save_dir: Path) -> Optional[Path]:
+    """`auto` -> newest complete checkpoint under save_dir (or None); a path -> that checkpoint."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(save_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / MARKER).is_file():
+        raise ConfigError("--resume", f"{path} is not a complete dstrain checkpoint (no {MARKER})",
+                          "pass a step folder under the output's checkpoints/, or --resume auto")
+    return path
+
+
+def load(engine, checkpoint: Path) -> Dict[str, Any]:
+    """Load model, optimizer, recipe-scheduler (masks, step) state; returns the client state."""
+    load_path, client_state = engine.load_checkpoint(
+        str(checkpoint.parent), tag=checkpoint.name, load_optimizer_states=True,
+        load_lr_scheduler_states=True)
+    if load_path is None:
+        raise ConfigError("--resume", f"DeepSpeed could not load {checkpoint}",
+                          "check that it was written by this model and ds_config (ZeRO stage, world size)")
+    return client_state or {}

@@ -1,0 +1,92 @@
+"""The recipe scheduler: turns a recipe into per-step LR, phase and mask updates.
+
+It implements the LR-scheduler protocol DeepSpeed expects (``step``,
+``state_dict``, ``load_state_dict``, ``get_last_lr``) and is passed to
+``deepspeed.initialize(lr_scheduler=...)``.  DeepSpeed calls ``step()`` only after
+an optimizer step that was really applied (not after a skipped fp16-overflow step,
+nor between gradient-accumulation micro-steps), so the recipe's clock counts
+exactly the optimizer steps taken, whatever the precision or accumulation.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from torch.optim import Optimizer
+
+from .masks import MaskRegistry
+from .pruning import KthSelector
+from .recipe import Recipe
+
+
+class SparsityController:
+    """Owns the step counter; before each step sets LR, compressed/dense phase and masks."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        registry: MaskRegistry,
+        optimizer: Optimizer,
+        steps_per_epoch: int,
+        selector: Optional[KthSelector] = None,
+        on_masks_updated: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.optimizer = optimizer
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = recipe.total_steps(steps_per_epoch)
+        self.sparsity = recipe.sparsity_schedule(steps_per_epoch)
+        self.lr = recipe.lr_schedule_for(steps_per_epoch, self.sparsity)
+        self.selector = selector
+        self.on_masks_updated = on_masks_updated
+        self.step_count = 0
+        self.history: List[Dict[str, float]] = []
+        self._last_lr = [self.lr(0)]
+        self._prepare(0, recompute=True)
+
+    # --- per-step control -----------------------------------------------------------
+    @property
+    def compressed(self) -> bool:
+        return self.sparsity.is_compressed(self.step_count)
+
+    def _prepare(self, step: int, recompute: bool) -> None:
+        if recompute and self.sparsity.updates_mask(step):
+            target = self.sparsity.target(step)
+            flips = self.registry.update(target, self.recipe.pruning.scope, self.selector)
+            self.history.append({"step": step, "sparsity": target, "mask_change_rate": flips})
+            if self.on_masks_updated is not None:
+                self.on_masks_updated()
+        compressed = self.sparsity.is_compressed(step)
+        if hasattr(self.optimizer, "masking_enabled"):
+            self.optimizer.masking_enabled = compressed
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+
+    def step(self, **_: Any) -> None:
+        """Called after each applied optimizer step: advance the clock and set up the next step."""
+        self.step_count += 1
+        self._prepare(self.step_count, recompute=True)
+
+    def get_last_lr(self) -> List[float]:
+        return list(self._last_lr)
+
+    get_lr = get_last_lr
+
+    @property
+    def finished(self) -> bool:
+        return self.step_count >= self.total_steps
+
+    # --- persistence (DeepSpeed saves this with the checkpoint) -----------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"step_count": self.step_count, "history": list(self.history),
+                "masks": self.registry.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.registry.load_state_dict(state["masks"])
+        self.step_count = int(state["step_count"])
+        self.history = list(state["history"])
+        self._prepare(self.step_count, recompute=False)
+        if self.on_masks_updated is not None:
+            self.on_masks_updated()

@@ -1,0 +1,74 @@
+"""MaskedAdamW: torch.optim.AdamW semantics with pruned weights and moments held at zero."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+
+from .base import MaskedOptimizerMixin, MaskSource
+from .functional import masked_adamw
+
+
+class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
+    """AdamW (decoupled weight decay, bias correction, no amsgrad) with fused masking.
+
+    With no masks it matches ``torch.optim.AdamW(foreach=False)`` bit for bit.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        maximize: bool = False,
+        *,
+        backend: str = "auto",
+        mask_source: Optional[MaskSource] = None,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"lr={lr}: learning rate must be >= 0")
+        if eps < 0.0:
+            raise ValueError(f"eps={eps}: must be >= 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas={betas}: each must be in [0, 1)")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay={weight_decay}: must be >= 0")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+        self._init_masking(backend, mask_source)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            exp_avgs, exp_avg_sqs, steps = [], [], []
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    # fp32 state even for low-precision params: the moments need the range.
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(int(state["step"].item()))
+            grads = [p.grad for p in params]
+            masks = self.masks_for(params)
+            beta1, beta2 = group["betas"]
+            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                         weight_decay=group["weight_decay"], maximize=group["maximize"])
+            if self.resolve_backend(params) == "triton":
+                from kernels import fused_masked_adamw
+
+                fused_masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
+            else:
+                masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
+        return loss

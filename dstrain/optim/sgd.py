@@ -1,0 +1,69 @@
+"""MaskedSGD: torch.optim.SGD semantics with pruned weights held at exactly zero."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.optim import Optimizer
+
+from .base import MaskedOptimizerMixin, MaskSource
+from .functional import masked_sgd
+
+
+class MaskedSGD(MaskedOptimizerMixin, Optimizer):
+    """SGD with momentum/Nesterov/weight decay whose step zeroes pruned weights and their momentum.
+
+    With no masks (dense phase, or ``masking_enabled = False``) it matches
+    ``torch.optim.SGD(foreach=False)`` bit for bit.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        *,
+        backend: str = "auto",
+        mask_source: Optional[MaskSource] = None,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"lr={lr}: learning rate must be >= 0")
+        if momentum < 0.0:
+            raise ValueError(f"momentum={momentum}: must be >= 0")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay={weight_decay}: must be >= 0")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults)
+        self._init_masking(backend, mask_source)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            masks = self.masks_for(params)
+            hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                         nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                         maximize=group["maximize"])
+            if self.resolve_backend(params) == "triton":
+                from kernels import fused_masked_sgd
+
+                fused_masked_sgd(params, grads, bufs, masks, **hyper)
+            else:
+                masked_sgd(params, grads, bufs, masks, **hyper)
+            if group["momentum"] != 0:
+                for p, buf in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = buf
+        return loss

@@ -1,0 +1,162 @@
+"""Sparsity schedules as pure functions of the optimizer step.
+
+Every schedule answers, for step ``t`` (the number of optimizer steps already
+taken): the target sparsity, whether step ``t`` runs compressed (masked) or
+dense, and whether masks are recomputed just before it.  All positions are in
+optimizer steps here; the recipe converts epochs to steps once it knows the
+loader length.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import List, Optional
+
+
+class SparsitySchedule(abc.ABC):
+    @abc.abstractmethod
+    def target(self, step: int) -> float:
+        """Sparsity the masks should have while running step ``step``."""
+
+    @abc.abstractmethod
+    def is_compressed(self, step: int) -> bool:
+        """Whether masks constrain step ``step`` (False = dense phase)."""
+
+    @abc.abstractmethod
+    def updates_mask(self, step: int) -> bool:
+        """Whether masks are recomputed right before step ``step``."""
+
+    def update_steps(self, total_steps: int) -> List[int]:
+        return [t for t in range(total_steps) if self.updates_mask(t)]
+
+
+@dataclass(frozen=True)
+class Dense(SparsitySchedule):
+    """No pruning at all (the dense baseline)."""
+
+    def target(self, step: int) -> float:
+        return 0.0
+
+    def is_compressed(self, step: int) -> bool:
+        return False
+
+    def updates_mask(self, step: int) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Constant(SparsitySchedule):
+    """Prune once before the first step (at initialisation) and keep the mask fixed."""
+
+    sparsity: float
+
+    def target(self, step: int) -> float:
+        return self.sparsity
+
+    def is_compressed(self, step: int) -> bool:
+        return True
+
+    def updates_mask(self, step: int) -> bool:
+        return step == 0
+
+
+@dataclass(frozen=True)
+class OneShot(SparsitySchedule):
+    """Dense until ``at``, then prune once to ``sparsity`` and keep the mask."""
+
+    sparsity: float
+    at: int
+
+    def target(self, step: int) -> float:
+        return self.sparsity if step >= self.at else 0.0
+
+    def is_compressed(self, step: int) -> bool:
+        return step >= self.at
+
+    def updates_mask(self, step: int) -> bool:
+        return step == self.at
+
+
+@dataclass(frozen=True)
+class Gradual(SparsitySchedule):
+    """Gradual magnitude pruning (Zhu & Gupta): cubic ramp from ``initial`` to ``final``.
+
+    s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))^3 evaluated at t0, t0+Δt, ..., t0+n·Δt = end.
+    Masks are recomputed every ``frequency`` steps inside [start, end] and stay fixed after.
+    """
+
+    initial: float
+    final: float
+    start: int
+    end: int
+    frequency: int
+
+    def _last_update(self, step: int) -> int:
+        k = (min(step, self.end) - self.start) // self.frequency
+        return self.start + k * self.frequency
+
+    def cubic(self, t: int) -> float:
+        span = self.end - self.start
+        frac = min(max((t - self.start) / span, 0.0), 1.0) if span > 0 else 1.0
+        return self.final + (self.initial - self.final) * (1.0 - frac) ** 3
+
+    def target(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        if step >= self.end:
+            return self.final
+        return self.cubic(self._last_update(step))
+
+    def is_compressed(self, step: int) -> bool:
+        return step >= self.start
+
+    def updates_mask(self, step: int) -> bool:
+        if step < self.start or step > self.end:
+            return False
+        return (step - self.start) % self.frequency == 0 or step == self.end
+
+
+@dataclass(frozen=True)
+class ACDC(SparsitySchedule):
+    """Alternating Compressed/DeCompressed training (Peste et al., 2021).
+
+    [0, warmup) dense; then compressed phases of ``compressed`` steps alternating
+    with dense phases of ``decompressed`` steps; from ``total - final`` to ``total``
+    one last compressed fine-tuning phase.  Masks are recomputed by magnitude at the
+    start of every compressed phase (a dense phase lets pruned weights regrow).
+    """
+
+    sparsity: float
+    warmup: int
+    compressed: int
+    decompressed: int
+    final: int
+    total: int
+
+    @property
+    def final_start(self) -> int:
+        return self.total - self.final
+
+    def phase_starts(self) -> List[int]:
+        """Start steps of all compressed phases."""
+        starts, t = [], self.warmup
+        while t < self.final_start:
+            starts.append(t)
+            t += self.compressed + self.decompressed
+        starts.append(self.final_start)
+        return starts
+
+    def is_compressed(self, step: int) -> bool:
+        if step >= self.final_start:
+            return True
+        if step < self.warmup:
+            return False
+        return (step - self.warmup) % (self.compressed + self.decompressed) < self.compressed
+
+    def target(self, step: int) -> float:
+        return self.sparsity if self.is_compressed(step) else 0.0
+
+    def updates_mask(self, step: int) -> bool:
+        if step >= self.final_start:
+            return step == self.final_start
+        return step >= self.warmup and (step - self.warmup) % (self.compressed + self.decompressed) == 0

@@ -1,0 +1,50 @@
+"""A Task tells the trainer how to build a model and data and how to score them.
+
+The trainer, recipe scheduler, masks and optimizers are the same for ResNet on
+ImageNet and BERT on GLUE; everything that differs between those settings lives
+behind this small interface.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+
+class Task(abc.ABC):
+    """One supervised problem: model factory, datasets, forward, loss and metrics."""
+
+    name: str = "task"
+    #: Key of :meth:`metrics` reported as the headline number (e.g. ``accuracy``, ``matthews``).
+    primary_metric: str = "accuracy"
+    #: Collate function for the DataLoader (None = torch default).
+    collate_fn: Optional[Callable] = None
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised (or locally loaded) model; must be deterministic under torch.manual_seed."""
+
+    @abc.abstractmethod
+    def build_datasets(self) -> Tuple[Dataset, Dataset]:
+        """(train, eval) datasets."""
+
+    @abc.abstractmethod
+    def forward(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """Moves ``batch`` to ``device`` and returns (logits, labels)."""
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(logits.float(), labels)
+
+    def build_teacher(self, path: str) -> nn.Module:
+        """The dense teacher for distillation, loaded from ``path``."""
+        from ..errors import ConfigError
+
+        raise ConfigError("distillation.teacher", f"task {self.name!r} does not support distillation",
+                          "remove the distillation section")
+
+    @abc.abstractmethod
+    def metrics(self, logits: Tensor, labels: Tensor) -> Dict[str, float]:
+        """Metrics over the whole eval set (already gathered from all ranks)."""

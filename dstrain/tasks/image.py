@@ -1,0 +1,76 @@
+"""Image classification: the embedded digits set, and ImageNet-layout folders."""
+from __future__ import annotations
+
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..models import build_vision_model
+from .base import Task
+
+
+class ImageTaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["digits", "imagefolder"] = "digits"
+    arch: str = "small_resnet"
+    arch_options: Dict[str, Any] = Field(default_factory=dict)
+    data_dir: Optional[str] = None
+    num_classes: Optional[int] = None
+    image_size: int = Field(default=224, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    channels_last: bool = False
+    num_workers: int = Field(default=0, ge=0)
+
+
+class ImageClassificationTask(Task):
+    primary_metric = "accuracy"
+
+    def __init__(self, config: ImageTaskConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._datasets: Optional[Tuple[Dataset, Dataset]] = None
+        self._num_classes = config.num_classes
+        self._in_channels = 3
+
+    def build_datasets(self) -> Tuple[Dataset, Dataset]:
+        if self._datasets is None:
+            if self.config.name == "digits":
+                from ..data.digits import load_digits_split
+
+                self._datasets = load_digits_split()
+                self._num_classes, self._in_channels = 10, 1
+            else:
+                from ..data.imagefolder import build_imagefolder_datasets
+
+                train, val = build_imagefolder_datasets(self.config.data_dir, self.config.image_size)
+                self._datasets = (train, val)
+                self._num_classes = self._num_classes or len(train.classes)
+        return self._datasets
+
+    def build_model(self) -> nn.Module:
+        self.build_datasets()
+        model = build_vision_model(self.config.arch, self._num_classes, self._in_channels,
+                                   **self.config.arch_options)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def forward(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Tensor]:
+        images, labels = batch
+        dtype = next(model.parameters()).dtype
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        images = images.to(device, dtype=dtype, non_blocking=True).contiguous(memory_format=memory_format)
+        return model(images), labels.to(device, non_blocking=True)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+
+    def metrics(self, logits: Tensor, labels: Tensor) -> Dict[str, float]:
+        pred = logits.argmax(dim=-1)
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        return {"accuracy": float((pred == labels).float().mean()),
+                "top5": float((top5 == labels[:, None]).any(-1).float().mean())}

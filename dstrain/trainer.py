@@ -1,0 +1,344 @@
+"""Sparse training on a DeepSpeed engine: one loop for vision pre-training and BERT fine-tuning.
+
+The trainer wires a :class:`~dstrain.tasks.Task` (model, data, metrics) to a
+recipe: masks (:class:`~dstrain.masks.MaskRegistry`), a masked optimizer, and the
+:class:`~dstrain.controller.SparsityController` that DeepSpeed steps as its LR
+scheduler.  DeepSpeed does data parallelism, ZeRO, mixed precision and
+checkpoint I/O; this module only decides what to run and when to save.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from . import checkpoint as ckpt
+from . import distributed as dstdist
+from .controller import SparsityController
+from .errors import ConfigError
+from .masks import MaskRegistry
+from .optim import MaskedAdamW, MaskedSGD
+from .recipe import Recipe
+from .tasks import Task, build_task
+
+
+@dataclass
+class TrainerOptions:
+    """Run-level options (not part of the recipe: where and how, not what)."""
+
+    output_dir: Path
+    ds_config: Dict[str, Any] = field(default_factory=dict)
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = at each evaluation only
+    keep_last: int = 2
+    resume: Optional[str] = None  # None | "auto" | checkpoint folder
+    max_steps: Optional[int] = None  # stop early (after a checkpoint), e.g. to test resume
+    progress: bool = True
+    tensorboard: bool = True
+    num_workers: int = 0
+
+
+class _ShardSampler(Sampler):
+    """Evaluation sampler: rank r takes indices r, r+W, ...; no padding so metrics are exact."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _capture_rng() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _restore_rng(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_ds_config(ds_config: Dict[str, Any], recipe: Recipe, world: int) -> Dict[str, Any]:
+    """Fill batch sizes from the recipe; refuse combinations DeepSpeed would reject later, obscurely."""
+    cfg = copy.deepcopy(ds_config)
+    global_batch = recipe.training.batch_size
+    given = cfg.get("train_batch_size", "auto")
+    if given not in ("auto", None) and int(given) != global_batch:
+        raise ConfigError("ds_config.train_batch_size",
+                          f"{given} differs from the recipe's training.batch_size ({global_batch})",
+                          'set it to "auto" (the recipe decides) or make them equal')
+    cfg["train_batch_size"] = global_batch
+    gas = cfg.get("gradient_accumulation_steps", "auto")
+    micro = cfg.get("train_micro_batch_size_per_gpu", "auto")
+    if gas in ("auto", None):
+        gas = 1 if micro in ("auto", None) else max(1, global_batch // (int(micro) * world))
+    if micro in ("auto", None):
+        micro = global_batch // (int(gas) * world)
+    if int(micro) * int(gas) * world != global_batch or int(micro) < 1:
+        raise ConfigError("ds_config.train_micro_batch_size_per_gpu",
+                          f"micro batch {micro} x accumulation {gas} x {world} processes != batch_size {global_batch}",
+                          "pick a batch_size divisible by the number of processes, or set both to auto")
+    cfg["gradient_accumulation_steps"] = int(gas)
+    cfg["train_micro_batch_size_per_gpu"] = int(micro)
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise ConfigError("ds_config.zero_optimization.stage",
+                          "ZeRO stage 3 is not supported: parameters are gathered on the fly, so masks "
+                          "cannot be applied in the fused optimizer step",
+                          "use stage 1 or 2 (optimizer state and gradients are still partitioned)")
+    if "optimizer" in cfg or "scheduler" in cfg:
+        raise ConfigError("ds_config.optimizer", "the optimizer and LR schedule come from the recipe",
+                          "remove 'optimizer' and 'scheduler' from ds_config.json")
+    if stage in (1, 2):
+        cfg.setdefault("zero_allow_untested_optimizer", True)
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    spec = recipe.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.name == "sgd":
+        return MaskedSGD(params, lr=spec.lr, momentum=spec.momentum, dampening=spec.dampening,
+                         weight_decay=spec.weight_decay, nesterov=spec.nesterov, backend=spec.backend)
+    return MaskedAdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                       weight_decay=spec.weight_decay, backend=spec.backend)
+
+
+class SparseTrainer:
+    """Trains ``task`` under ``recipe`` with a DeepSpeed engine; see :meth:`train`."""
+
+    def __init__(self, recipe: Recipe, options: TrainerOptions, task: Optional[Task] = None) -> None:
+        self.recipe = recipe
+        self.options = options
+        self.task = task or build_task(recipe.task)
+        self.output_dir = Path(options.output_dir)
+
+    # --- set-up -------------------------------------------------------------------------
+    def _build(self) -> None:
+        import deepspeed
+
+        dstdist.init_distributed()
+        self.rank, self.world = dstdist.rank(), dstdist.world_size()
+        self.device = dstdist.device()
+        _seed_everything(self.recipe.training.seed)
+        train_set, eval_set = self.task.build_datasets()
+        model = self.task.build_model().to(self.device)
+        self.ds_config = resolve_ds_config(self.options.ds_config, self.recipe, self.world)
+        micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        self.gas = self.ds_config["gradient_accumulation_steps"]
+
+        self.train_sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
+                                                shuffle=True, seed=self.recipe.training.seed, drop_last=True)
+        self.train_loader = DataLoader(train_set, batch_size=micro, sampler=self.train_sampler, drop_last=True,
+                                       collate_fn=self.task.collate_fn, num_workers=self.options.num_workers,
+                                       pin_memory=self.device.type == "cuda")
+        self.eval_loader = DataLoader(eval_set, batch_size=max(micro, 64),
+                                      sampler=_ShardSampler(len(eval_set), self.rank, self.world),
+                                      collate_fn=self.task.collate_fn, num_workers=self.options.num_workers)
+        self.steps_per_epoch = len(self.train_loader) // self.gas
+        if self.steps_per_epoch < 1:
+            raise ConfigError("training.batch_size", f"{self.recipe.training.batch_size} is larger than "
+                              f"the training set ({len(train_set)} examples)", "use a smaller batch_size")
+
+        self.registry = MaskRegistry(model, self.recipe.pruning.selection())
+        client_optimizer = build_optimizer(model, self.recipe)
+        client_optimizer.set_mask_source(self.registry.mask_for)
+        self.controller = SparsityController(self.recipe, self.registry, client_optimizer, self.steps_per_epoch)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=client_optimizer, lr_scheduler=self.controller, config=self.ds_config)
+        self.client_optimizer = client_optimizer
+        self.teacher = self._build_teacher()
+
+    def _build_teacher(self) -> Optional[nn.Module]:
+        spec = self.recipe.distillation
+        if spec is None:
+            return None
+        teacher = self.task.build_teacher(spec.teacher).to(self.device)
+        dtype = next(self.engine.module.parameters()).dtype
+        teacher.to(dtype).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    # --- one step ------------------------------------------------------------------------
+    def _loss(self, batch: Any) -> torch.Tensor:
+        logits, labels = self.task.forward(self.engine, batch, self.device)
+        loss = self.task.loss(logits, labels)
+        if self.teacher is not None:
+            from .distill import distillation_loss
+
+            with torch.no_grad():
+                teacher_logits, _ = self.task.forward(self.teacher, batch, self.device)
+            spec = self.recipe.distillation
+            loss = distillation_loss(logits, teacher_logits, loss, spec.alpha, spec.temperature)
+        return loss
+
+    # --- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        self.engine.eval()
+        logits_all, labels_all = [], []
+        for batch in self.eval_loader:
+            logits, labels = self.task.forward(self.engine, batch, self.device)
+            logits_all.append(logits.float().cpu())
+            labels_all.append(labels.cpu())
+        self.engine.train()
+        local = (torch.cat(logits_all) if logits_all else torch.empty(0),
+                 torch.cat(labels_all) if labels_all else torch.empty(0, dtype=torch.long))
+        gathered = dstdist.all_gather_objects(local)
+        logits = torch.cat([g[0] for g in gathered if g[0].numel()])
+        labels = torch.cat([g[1] for g in gathered if g[1].numel()])
+        metrics = self.task.metrics(logits, labels)
+        metrics["loss"] = float(self.task.loss(logits, labels))
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def _client_state(self, epoch: int, batch_in_epoch: int) -> Dict[str, Any]:
+        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _capture_rng(),
+                "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log}
+
+    def _save(self, epoch: int, batch_in_epoch: int) -> None:
+        ckpt.save(self.engine, self.output_dir / "checkpoints", self.controller.step_count,
+                  self._client_state(epoch, batch_in_epoch), self.options.keep_last)
+
+    def _maybe_resume(self) -> tuple:
+        path = ckpt.resolve_resume(self.options.resume, self.output_dir / "checkpoints")
+        if path is None:
+            return 0, 0
+        state = ckpt.load(self.engine, path)
+        _restore_rng(state["rng"])
+        self.metrics_log = list(state.get("metrics_log", []))
+        self._log(f"resumed from {path} at step {self.controller.step_count}")
+        return int(state["epoch"]), int(state["batch_in_epoch"])
+
+    # --- logging ---------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        if self.rank == 0:
+            print(f"[dstrain] {text}", flush=True)
+
+    def _record(self, row: Dict[str, Any]) -> None:
+        self.metrics_log.append(row)
+        if self.rank != 0:
+            return
+        with open(self.output_dir / "metrics.jsonl", "w") as f:
+            for r in self.metrics_log:
+                f.write(json.dumps(r) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.writer.add_scalar(key, value, row["step"])
+            self.writer.flush()
+
+    # --- the loop --------------------------------------------------------------------------
+    def train(self) -> Dict[str, Any]:
+        start_time = time.time()
+        self._build()
+        self.metrics_log: List[Dict[str, Any]] = []
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if self.rank == 0 and self.options.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+        if self.rank == 0:
+            (self.output_dir / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
+        start_epoch, skip_batches = self._maybe_resume()
+        total = self.controller.total_steps
+        epochs = -(-total // self.steps_per_epoch)
+        progress = None
+        if self.rank == 0 and self.options.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, initial=self.controller.step_count, desc=self.recipe.name,
+                            dynamic_ncols=True, leave=False)
+        stop = False
+        micro_per_epoch = self.steps_per_epoch * self.gas
+        epoch = start_epoch
+        for epoch in range(start_epoch, epochs):
+            self.train_sampler.set_epoch(epoch)
+            loss_sum, loss_n = torch.zeros((), device=self.device), 0
+            for micro_idx, batch in enumerate(self.train_loader):
+                if micro_idx < skip_batches:
+                    continue
+                if micro_idx >= micro_per_epoch or self.controller.finished:
+                    break
+                loss = self._loss(batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                loss_sum += loss.detach().float()
+                loss_n += 1
+                if (micro_idx + 1) % self.gas:
+                    continue
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")
+                step = self.controller.step_count
+                at_end_of_epoch = (micro_idx + 1) == micro_per_epoch
+                if self.options.save_every and step % self.options.save_every == 0 and not at_end_of_epoch:
+                    self._save(epoch, micro_idx + 1)
+                if self.options.max_steps is not None and step >= self.options.max_steps:
+                    stop = True
+                    break
+            skip_batches = 0
+            if stop and micro_idx + 1 == micro_per_epoch:
+                stop_at_epoch_end = True
+            else:
+                stop_at_epoch_end = False
+            finished_epoch = not stop or stop_at_epoch_end
+            if finished_epoch and ((epoch + 1) % self.recipe.training.eval_every == 0 or epoch + 1 == epochs):
+                self._end_of_epoch(epoch, loss_sum, loss_n)
+            if stop:
+                if stop_at_epoch_end:
+                    self._save(epoch + 1, 0)
+                else:
+                    self._save(epoch, micro_idx + 1)
+                break
+            if finished_epoch and (self.options.save_every or epoch + 1 == epochs):
+                self._save(epoch + 1, 0)
+        if progress is not None:
+            progress.close()
+        if self.writer is not None:
+            self.writer.close()
+        final = self.metrics_log[-1] if self.metrics_log else {}
+        result = {
+            "recipe": self.recipe.name, "steps": self.controller.step_count, "stopped_early": stop,
+            "metric": self.task.primary_metric, "score": final.get(f"val_{self.task.primary_metric}"),
+            "sparsity": self.registry.weight_sparsity(), "revived": self.registry.revived(),
+            "wall_time_s": time.time() - start_time, "world_size": self.world,
+        }
+        if self.rank == 0:
+            (self.output_dir / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    def _end_of_epoch(self, epoch: int, loss_sum: torch.Tensor, loss_n: int) -> None:
+        metrics = self.evaluate()
+        train_loss = float(loss_sum) / max(loss_n, 1)
+        flips = [h["mask_change_rate"] for h in self.controller.history
+                 if h["step"] > (epoch * self.steps_per_epoch) and h["step"] <= (epoch + 1) * self.steps_per_epoch]
+        row = {"epoch": epoch + 1, "step": self.controller.step_count, "train_loss": train_loss,
+               **{f"val_{k}": v for k, v in metrics.items()},
+               "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),
+               "compressed": self.controller.compressed, "lr": self.controller.get_last_lr()[0],
+               "mask_change_rate": (sum(flips) / len(flips)) if flips else None,
+               "layer_sparsity": self.registry.layer_sparsity()}
+        self._record(row)
+        self._log(f"epoch {epoch + 1}: train_loss={train_loss:.4f} val_{self.task.primary_metric}="
+                  f"{metrics[self.task.primary_metric]:.4f} sparsity={row['sparsity']:.4f}")

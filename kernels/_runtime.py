@@ -1,0 +1,108 @@
+"""Where kernels run (compiled on a GPU, or under the Triton interpreter) and how they are sized.
+
+Kept in one place because three things depend on the same decision:
+
+* the block/chunk sizes (large and autotuned on a GPU; small and fixed under the
+  interpreter, where every program runs as Python and small tensors in tests
+  should still span several chunks and blocks),
+* whether fused multiply-adds are emulated (the interpreter evaluates
+  ``tl.fma`` as an unfused multiply then add, but torch's reference rounds
+  ``add(alpha=)``, ``lerp`` and ``addcmul`` once, as an FMA),
+* how autotuning is made safe for in-place optimizer kernels (see
+  :func:`launch_tuned`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Hashable, List, Set
+
+import torch
+import triton
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+INTERPRET: bool = _env_flag("TRITON_INTERPRET")
+"""Read once at import: ``triton.jit`` also decides at decoration time whether to interpret."""
+
+# Elements per work item of a multi-tensor launch.  A tensor larger than CHUNK is split
+# into several work items, so one huge tensor does not serialise on one program and many
+# small tensors each cost one program, not one launch.
+GPU_CHUNK: int = 32768
+INTERP_CHUNK: int = 256
+INTERP_BLOCK: int = 64
+
+GPU_BLOCK_CONFIGS: List[triton.Config] = [
+    triton.Config({"BLOCK": b}, num_warps=w) for b in (512, 1024, 2048, 4096) for w in (4, 8)
+]
+
+
+def chunk_size() -> int:
+    return INTERP_CHUNK if INTERPRET else GPU_CHUNK
+
+
+def jit_tuned(fn: Callable, key: List[str]):
+    """``triton.jit`` plus ``triton.autotune`` over BLOCK/num_warps on a GPU; plain jit when interpreting.
+
+    Under the interpreter the kernel gets ``BLOCK`` from the caller (``INTERP_BLOCK``);
+    on a GPU the autotuner supplies it, so callers must not pass it (see ``block_kwargs``).
+    """
+    jitted = triton.jit(fn)
+    if INTERPRET:
+        return jitted
+    return triton.autotune(configs=GPU_BLOCK_CONFIGS, key=key)(jitted)
+
+
+def block_kwargs() -> Dict[str, object]:
+    """Launch kwargs that differ between the interpreter and compiled runs.
+
+    ``enable_fp_fusion=False`` stops the compiler from contracting a multiply and a
+    following add into an FMA on its own: the kernels place every FMA explicitly
+    (``tl.fma``) exactly where torch's reference rounds once, and nowhere else.
+    The interpreter ignores the option.
+    """
+    if INTERPRET:
+        return {"BLOCK": INTERP_BLOCK}
+    return {"enable_fp_fusion": False}
+
+
+def tune_bucket(total_elements: int) -> int:
+    """Autotune key: the problem size rounded to a power of two, so each model size tunes once."""
+    return max(int(total_elements), 1).bit_length()
+
+
+_TUNED: Set[Hashable] = set()
+
+
+def launch_tuned(key: Hashable, launch: Callable[[bool], None]) -> None:
+    """Run ``launch(scratch=False)``, first running ``launch(scratch=True)`` if ``key`` is new.
+
+    ``triton.autotune`` benchmarks a kernel by running it many times on the call's
+    arguments.  The optimizer kernels update parameters *in place* through pointer
+    tables, which ``restore_value`` cannot see, so benchmarking on the real tensors
+    would apply the step dozens of times.  Instead, the first launch for an autotune
+    key runs on scratch copies (``scratch=True``), which fills the autotuner's cache;
+    the real launch then hits that cache and runs once.  ``key`` must determine the
+    autotuner's own key (it includes the same tune bucket and constexpr kinds).
+    """
+    if not INTERPRET and key not in _TUNED:
+        launch(True)
+        _TUNED.add(key)
+    launch(False)
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """Compiled Triton needs CUDA tensors; the interpreter needs CPU tensors (it dereferences raw addresses)."""
+    if INTERPRET and t.device.type != "cpu":
+        raise ValueError(
+            f"{name} is on {t.device}, but TRITON_INTERPRET=1 runs kernels on the CPU: the multi-tensor "
+            "pointer tables hold raw addresses the interpreter reads from host memory. Move the tensors "
+            "to the CPU or unset TRITON_INTERPRET."
+        )
+    if not INTERPRET and t.device.type != "cuda":
+        raise ValueError(
+            f"{name} is on {t.device}; compiled Triton kernels need CUDA tensors. Use backend='torch' "
+            "on the CPU (or set TRITON_INTERPRET=1 before importing kernels, for testing)."
+        )

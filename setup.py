@@ -1,0 +1,38 @@
+"""dstrain: sparse training with sparsity-aware recipes, on DeepSpeed and Triton."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# torch 2.14.1 + torchvision 0.29.1 is the pair whose wheels import together on CPU-only
+# machines (torchvision 0.28 fails beside torch 2.13 CPU: "operator torchvision::nms does not exist").
+REQUIRES = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "deepspeed>=0.19,<0.20",
+    "triton>=3.6",
+    "transformers>=5.0,<6",
+    "datasets>=3.0",
+    "ninja",
+    "pyyaml>=6",
+    "pydantic>=2.5,<3",
+    "tqdm",
+    "tensorboard",
+    "matplotlib",
+    "scikit-learn",
+    "pandas",
+    "safetensors",
+]
+TESTS = ["pytest>=8", "pytest-benchmark>=4", "scipy"]
+
+setup(
+    name="dstrain",
+    version="0.1.0",
+    description=__doc__,
+    long_description=Path(__file__).with_name("README.md").read_text() if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dstrain", "dstrain.*", "kernels", "kernels.*"]),
+    install_requires=REQUIRES,
+    extras_require={"test": TESTS, "dev": TESTS},
+    entry_points={"console_scripts": ["dstrain=dstrain.cli:main"]},
+)

@@ -1,0 +1,101 @@
+"""Knowledge-distillation loss and the frozen Teacher wrapper."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dstrain.distill import Teacher, distillation_loss, kd_term
+
+
+def _logits(seed, shape=(6, 3)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+def test_alpha_zero_is_exactly_the_hard_loss():
+    s, t = _logits(0), _logits(1)
+    hard = F.cross_entropy(s, torch.tensor([0, 1, 2, 0, 1, 2]))
+    out = distillation_loss(s, t, hard, alpha_kd=0.0, temperature=3.0)
+    assert torch.equal(out, hard)
+    # and it really ignores the teacher: a different teacher changes nothing
+    assert torch.equal(distillation_loss(s, t * 10, hard, 0.0, 3.0), hard)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_kd_term_matches_formula(temperature):
+    s, t = _logits(2), _logits(3)
+    p_t = F.softmax(t / temperature, -1)
+    expected = temperature**2 * (p_t * (p_t.log() - F.log_softmax(s / temperature, -1))).sum(-1).mean()
+    torch.testing.assert_close(kd_term(s, t, temperature), expected)
+    hard = torch.tensor(0.7)
+    torch.testing.assert_close(
+        distillation_loss(s, t, hard, alpha_kd=0.25, temperature=temperature), 0.75 * hard + 0.25 * expected
+    )
+
+
+def test_kd_gradient_zero_when_student_equals_teacher():
+    t = _logits(4)
+    s = t.clone().requires_grad_(True)
+    loss = kd_term(s, t, temperature=2.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert s.grad.abs().max().item() < 1e-7
+    # control: a different student gets a real gradient, and only the student gets one
+    s2 = _logits(5).requires_grad_(True)
+    t2 = t.clone().requires_grad_(True)
+    kd_term(s2, t2, temperature=2.0).backward()
+    assert s2.grad.abs().max().item() > 1e-3
+    assert t2.grad is None
+
+
+def test_regression_uses_mse_between_student_and_teacher():
+    s, t = _logits(6, (5,)), _logits(7, (5,))
+    torch.testing.assert_close(kd_term(s, t, temperature=3.0, regression=True), F.mse_loss(s, t))
+    s1, t1 = s.unsqueeze(-1), t.unsqueeze(-1)  # [N, 1] head: inferred as regression
+    torch.testing.assert_close(kd_term(s1, t1), F.mse_loss(s, t))
+    hard = torch.tensor(1.5)
+    torch.testing.assert_close(distillation_loss(s1, t1, hard, 0.5, 2.0), 0.5 * hard + 0.5 * F.mse_loss(s, t))
+
+
+def test_bad_arguments():
+    s, t = _logits(0), _logits(1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        kd_term(s, t[:, :2])
+    with pytest.raises(ValueError, match="temperature"):
+        kd_term(s, t, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha_kd"):
+        distillation_loss(s, t, torch.tensor(1.0), alpha_kd=1.5)
+    with pytest.raises(ValueError, match="no teacher"):
+        distillation_loss(s, None, torch.tensor(1.0), alpha_kd=0.5)
+
+
+def test_teacher_is_frozen_and_deterministic():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    teacher = Teacher(net)
+    assert not net.training
+    assert all(not p.requires_grad for p in net.parameters())
+    x = torch.randn(8, 4, requires_grad=True)
+    net.train()  # a trainer calling .train() on everything must not turn dropout back on
+    a, b = teacher(x), teacher(x)
+    assert torch.equal(a, b)
+    assert a.grad_fn is None and not a.requires_grad
+    assert not net.training
+
+
+def test_teacher_extracts_hf_style_logits():
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    class HF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, input_ids):
+            return Out(self.lin(input_ids))
+
+    teacher = Teacher(HF())
+    x = torch.ones(3, 2)
+    torch.testing.assert_close(teacher(input_ids=x), teacher.model.lin(x).detach())
