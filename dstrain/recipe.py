@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .masks import PrunableSelection
@@ -25,10 +25,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _sparsity(value: float, name: str) -> float:
+def _check_sparsity(value: float) -> float:
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value} must be in [0, 1) (e.g. 0.9 for 90% zeros)")
+        raise ValueError(f"{value} must be in [0, 1) (e.g. 0.9 for 90% zeros)")
     return value
+
+
+Sparsity = Annotated[float, AfterValidator(_check_sparsity)]
+SCHEDULE_KINDS = ("dense", "constant", "oneshot", "gmp", "acdc")
 
 
 class DenseSchedule(_Strict):
@@ -39,39 +43,29 @@ class ConstantSchedule(_Strict):
     """Prune at initialisation, keep the mask."""
 
     kind: Literal["constant"]
-    sparsity: float
+    sparsity: Sparsity
 
-    @model_validator(mode="after")
-    def _check(self):
-        _sparsity(self.sparsity, "sparsity")
-        return self
 
 
 class OneShotSchedule(_Strict):
     kind: Literal["oneshot"]
-    sparsity: float
+    sparsity: Sparsity
     at: float = Field(ge=0)
 
-    @model_validator(mode="after")
-    def _check(self):
-        _sparsity(self.sparsity, "sparsity")
-        return self
 
 
 class GradualSchedule(_Strict):
     """Cubic gradual magnitude pruning (GMP)."""
 
     kind: Literal["gmp"]
-    initial_sparsity: float = 0.0
-    final_sparsity: float
+    initial_sparsity: Sparsity = 0.0
+    final_sparsity: Sparsity
     start: float = Field(ge=0)
     end: float
     frequency: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _check(self):
-        _sparsity(self.initial_sparsity, "initial_sparsity")
-        _sparsity(self.final_sparsity, "final_sparsity")
         if self.final_sparsity < self.initial_sparsity:
             raise ValueError(f"final_sparsity ({self.final_sparsity}) is below initial_sparsity "
                              f"({self.initial_sparsity}); GMP only increases sparsity")
@@ -84,16 +78,12 @@ class ACDCSchedule(_Strict):
     """AC/DC: dense warm-up, alternating compressed/decompressed phases, final compressed phase."""
 
     kind: Literal["acdc"]
-    sparsity: float
+    sparsity: Sparsity
     warmup: float = Field(ge=0)
     compressed: float = Field(gt=0)
     decompressed: float = Field(gt=0)
     final: float = Field(gt=0)
 
-    @model_validator(mode="after")
-    def _check(self):
-        _sparsity(self.sparsity, "sparsity")
-        return self
 
 
 ScheduleSpec = Union[DenseSchedule, ConstantSchedule, OneShotSchedule, GradualSchedule, ACDCSchedule]
@@ -219,7 +209,10 @@ def _converter(unit: str, steps_per_epoch: int):
 
 def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    parts = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    # pydantic puts the union tag (e.g. "gmp") into the path; users never write it
+    parts = [p for i, p in enumerate(parts) if not (p in SCHEDULE_KINDS and i and parts[i - 1] == "schedule")]
+    loc = ".".join(parts)
     msg = first["msg"].removeprefix("Value error, ")
     kind = first["type"]
     if kind == "extra_forbidden":

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,13 @@ class TrainerOptions:
     progress: bool = True
     tensorboard: bool = True
     num_workers: int = 0
+
+
+class TrainerCallback:
+    """Hooks into the loop (like transformers' TrainerCallback); override what you need."""
+
+    def on_step_end(self, trainer: "SparseTrainer") -> None:
+        """After every applied optimizer step (and the recipe scheduler's update)."""
 
 
 class _ShardSampler(Sampler):
@@ -125,8 +132,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 class SparseTrainer:
     """Trains ``task`` under ``recipe`` with a DeepSpeed engine; see :meth:`train`."""
 
-    def __init__(self, recipe: Recipe, options: TrainerOptions, task: Optional[Task] = None) -> None:
+    def __init__(self, recipe: Recipe, options: TrainerOptions, task: Optional[Task] = None,
+                 callbacks: Sequence["TrainerCallback"] = ()) -> None:
         self.recipe = recipe
+        self.callbacks = list(callbacks)
         self.options = options
         self.task = task or build_task(recipe.task)
         self.output_dir = Path(options.output_dir)
@@ -287,6 +296,8 @@ class SparseTrainer:
                 loss_n += 1
                 if (micro_idx + 1) % self.gas:
                     continue
+                for callback in self.callbacks:
+                    callback.on_step_end(self)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")

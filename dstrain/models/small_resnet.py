@@ -10,16 +10,26 @@ import torch
 from torch import nn
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm normally; "none" makes results independent of how a batch is split across ranks."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm={kind!r}: use 'batch' or 'none'")
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=bias)
+        self.bn1 = _norm(norm, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=bias)
+        self.bn2 = _norm(norm, out_ch)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=bias), _norm(norm, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -28,18 +38,19 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    def __init__(self, depth: int = 8, width: int = 32, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, depth: int = 8, width: int = 32, num_classes: int = 10, in_channels: int = 3,
+                 norm: str = "batch") -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth={depth}: must be 6n+2 (8, 14, 20, 32, 44, 56, 110)")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=norm == "none")
+        self.bn1 = _norm(norm, width)
         layers, in_ch = [], width
         for stage, mult in enumerate((1, 2, 4)):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                layers.append(BasicBlock(in_ch, width * mult, stride))
+                layers.append(BasicBlock(in_ch, width * mult, stride, norm))
                 in_ch = width * mult
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -47,6 +58,8 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))

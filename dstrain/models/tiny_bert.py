@@ -2,7 +2,7 @@
 
 Why: tests and smoke runs of the GLUE path need a real ``transformers`` BERT directory
 (config, weights, tokenizer files) that :class:`~dstrain.tasks.glue.GlueTask` can load
-exactly as it would load bert-base — but nothing may come from the hub. Training a
+exactly as it would load bert-base — but nothing may come from the hub. Building a
 WordPiece vocabulary on a few sentences and randomly initialising a 2-layer BERT with a
 fixed seed gives such a directory in well under a second, deterministically.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from collections import Counter
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-__all__ = ["TinyBertSizes", "train_wordpiece_tokenizer", "make_tiny_bert"]
+__all__ = ["TinyBertSizes", "build_wordpiece_vocab", "train_wordpiece_tokenizer", "make_tiny_bert"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -28,28 +29,58 @@ class TinyBertSizes:
     max_position_embeddings: int = 128
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 512, lowercase: bool = True):
-    """Trains a BERT-style WordPiece tokenizer on ``texts`` and wraps it as ``BertTokenizerFast``.
+def build_wordpiece_vocab(words: Iterable[str], vocab_size: int) -> Dict[str, int]:
+    """A deterministic WordPiece vocabulary: specials, every character (word-initial and
+    ``##`` continuation), then the most frequent word prefixes / ``##`` suffixes.
 
-    Same normalizer, pre-tokenizer and ``[CLS] a [SEP] b [SEP]`` template (with token
-    type ids) as BERT's own, so pair tasks tokenize exactly as with a real checkpoint.
+    Why not ``tokenizers.trainers.WordPieceTrainer``: its merge tie-breaking follows
+    Rust hash-map order, which is seeded per process, so the same texts give different
+    vocabularies (and token sets) from run to run. A tiny test model must be reproducible,
+    and for it vocabulary quality hardly matters. Ties are broken by the token string.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    counts: Counter = Counter()
+    first_chars, cont_chars = set(), set()
+    for w in words:
+        first_chars.add(w[0])
+        cont_chars.update("##" + c for c in w[1:])
+        for i in range(2, len(w) + 1):
+            counts[w[:i]] += 1  # prefixes, the whole word included
+        for i in range(1, len(w) - 1):
+            counts["##" + w[i:]] += 1  # suffixes of at least two characters
+    base = list(SPECIAL_TOKENS) + sorted(first_chars) + sorted(cont_chars - set(first_chars))
+    if vocab_size < len(base):
+        raise ValueError(f"vocab_size={vocab_size} is below the {len(base)} special and single-character tokens the texts need")
+    ranked = sorted((t for t in counts if t not in base), key=lambda t: (-counts[t] * len(t.lstrip("#")), t))
+    tokens = base + ranked[: vocab_size - len(base)]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 512, lowercase: bool = True):
+    """Builds a BERT-style WordPiece tokenizer from ``texts`` and wraps it as ``BertTokenizerFast``.
+
+    Same normalizer, pre-tokenizer, ``##`` continuation prefix and ``[CLS] a [SEP] b [SEP]``
+    template (with token type ids) as BERT's own, so pair tasks tokenize exactly as with a
+    real checkpoint. The vocabulary comes from :func:`build_wordpiece_vocab` (deterministic).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty; the WordPiece vocabulary needs some training text")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
-    tok.train_from_iterator(texts, trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = [w for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))]
+    if not words:
+        raise ValueError("texts contain no words after BERT normalization")
+    vocab = build_wordpiece_vocab(words, vocab_size)
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece(prefix="##")
     return BertTokenizerFast(

@@ -56,7 +56,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
+                state["step"] = state["step"] + 1  # not in place: a loaded state_dict may share it
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(int(state["step"].item()))

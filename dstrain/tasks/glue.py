@@ -6,81 +6,106 @@ which metric is the headline, how to pad — is decided here from the task name.
 and tokenizer come from one ``save_pretrained`` directory (``local_files_only``) because
 training machines are offline.
 
-Optional knowledge distillation: give ``teacher_dir`` (a dense model fine-tuned on the
-same task) and ``alpha_kd > 0``. The Task interface's ``loss(logits, labels)`` does not
-see the batch, so :meth:`forward` computes the teacher's logits for the batch during
-training and :meth:`loss` consumes them; both run once per micro-batch, in that order.
+Recipe form::
+
+    task: {name: glue, glue_task: mrpc, model_dir: /models/bert-base-uncased, data_dir: /data/glue}
+    distillation: {teacher: /models/bert-base-mrpc, alpha: 0.5, temperature: 2.0}
+
+Distillation itself is done by the trainer: it calls :meth:`GlueTask.build_teacher` and
+runs the teacher through :meth:`GlueTask.forward` like the student.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dstrain.data.glue import get_task_spec, glue_collator, load_glue, tokenize_glue
-from dstrain.distill import Teacher, distillation_loss
-from dstrain.metrics import PRIMARY_METRIC, glue_metrics
-from dstrain.tasks.base import Task
+from ..data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
+from ..errors import ConfigError
+from ..metrics import PRIMARY_METRIC, glue_metrics
+from .base import Task
 
-__all__ = ["GlueTask"]
+__all__ = ["GlueTaskConfig", "GlueTask"]
 
 
-def _check_model_dir(path: str, what: str) -> str:
+class GlueTaskConfig(BaseModel):
+    """The recipe's ``task`` section for GLUE."""
+
+    # protected_namespaces=(): allow the field name ``model_dir``.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: Literal["glue"] = "glue"
+    glue_task: str
+    model_dir: str
+    data_dir: str
+    tokenizer_dir: Optional[str] = None
+    max_length: int = Field(default=128, gt=0)
+    eval_split: Optional[str] = None
+    pad_to_multiple_of: Optional[int] = Field(default=None, gt=0)
+
+    @field_validator("glue_task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        return get_task_spec(value).name  # ValueError lists the known tasks
+
+    @field_validator("eval_split")
+    @classmethod
+    def _known_split(cls, value: Optional[str], info: Any) -> Optional[str]:
+        task = info.data.get("glue_task")
+        if value is not None and task is not None and value not in GLUE_TASKS[task].eval_splits:
+            raise ValueError(f"{value!r} is not an eval split of {task}; use one of {list(GLUE_TASKS[task].eval_splits)}")
+        return value
+
+
+def _check_model_dir(path: str, field: str) -> str:
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(
-            f"{what} {path!r} has no config.json; pass a local directory written by "
-            "save_pretrained (e.g. dstrain.models.tiny_bert.make_tiny_bert, or an exported "
-            "hub snapshot) — models are never downloaded at run time"
+        raise ConfigError(
+            field, f"{path!r} has no config.json",
+            "pass a local directory written by save_pretrained (e.g. dstrain.models.tiny_bert.make_tiny_bert, "
+            "or an exported hub snapshot); models are never downloaded at run time",
         )
     return path
 
 
-class GlueTask(Task):
-    """One GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte)."""
+def _check_tokenizer_dir(path: str, field: str) -> str:
+    names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in names):
+        raise ConfigError(field, f"{path!r} has none of {names}", "save the tokenizer there with save_pretrained")
+    return path
 
-    def __init__(
-        self,
-        task_name: str,
-        model_dir: str,
-        data_dir: str,
-        max_length: int = 128,
-        eval_split: Optional[str] = None,
-        tokenizer_dir: Optional[str] = None,
-        pad_to_multiple_of: Optional[int] = None,
-        teacher_dir: Optional[str] = None,
-        alpha_kd: float = 0.0,
-        kd_temperature: float = 2.0,
-    ) -> None:
-        self.spec = get_task_spec(task_name)
+
+class GlueTask(Task):
+    """One GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte).
+
+    ``GlueTask(GlueTaskConfig(...))`` as built from a recipe, or ``GlueTask(glue_task=...,
+    model_dir=..., data_dir=...)`` directly.
+    """
+
+    def __init__(self, config: Optional[GlueTaskConfig] = None, **kwargs: Any) -> None:
+        if config is None:
+            config = GlueTaskConfig(**kwargs)
+        elif kwargs:
+            raise TypeError(f"pass either a GlueTaskConfig or keyword arguments, not both (got {sorted(kwargs)})")
+        self.config = config
+        self.spec = get_task_spec(config.glue_task)
         self.name = f"glue/{self.spec.name}"
-        self.model_dir = _check_model_dir(model_dir, "model_dir")
-        self.tokenizer_dir = _check_tokenizer_dir(tokenizer_dir or model_dir)
-        self.data_dir = os.fspath(data_dir)
-        self.max_length = max_length
-        self.eval_split = eval_split or self.spec.eval_splits[0]
-        if self.eval_split not in self.spec.eval_splits:
-            raise ValueError(f"eval_split={self.eval_split!r} is not one of {list(self.spec.eval_splits)} for {self.spec.name}")
+        self.model_dir = _check_model_dir(config.model_dir, "task.model_dir")
+        self.tokenizer_dir = _check_tokenizer_dir(config.tokenizer_dir or config.model_dir, "task.tokenizer_dir")
+        self.eval_split = config.eval_split or self.spec.eval_splits[0]
         # Metric table key: MNLI's mismatched dev set is reported as its own "task".
         self.metric_task = "mnli_mismatched" if self.eval_split == "validation_mismatched" else self.spec.name
         self.primary_metric = PRIMARY_METRIC[self.metric_task]
-        if not 0.0 <= alpha_kd <= 1.0:
-            raise ValueError(f"alpha_kd={alpha_kd}: must be in [0, 1]")
-        if alpha_kd > 0.0 and teacher_dir is None:
-            raise ValueError(f"alpha_kd={alpha_kd} needs teacher_dir (a dense model fine-tuned on {self.spec.name})")
-        self.teacher_dir = _check_model_dir(teacher_dir, "teacher_dir") if teacher_dir is not None else None
-        self.alpha_kd = alpha_kd
-        self.kd_temperature = kd_temperature
-        self._teacher: Optional[Teacher] = None
-        self._teacher_logits: Optional[Tensor] = None
+        self._datasets: Optional[Tuple[Dataset, Dataset]] = None
 
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, local_files_only=True)
-        self.collate_fn = glue_collator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+        self.collate_fn = glue_collator(self.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
 
     # -- model / data -------------------------------------------------------------------
 
@@ -100,17 +125,19 @@ class GlueTask(Task):
         """Pretrained encoder from ``model_dir``; a fresh head (seeded by torch.manual_seed) if it has none."""
         return self._from_pretrained(self.model_dir)
 
-    def build_teacher(self) -> Optional[Teacher]:
-        if self.teacher_dir is None:
-            return None
-        if self._teacher is None:
-            self._teacher = Teacher(self._from_pretrained(self.teacher_dir))
-        return self._teacher
+    def build_teacher(self, teacher: str) -> nn.Module:
+        """A dense model already fine-tuned on this task, from a local directory (the trainer freezes it)."""
+        return self._from_pretrained(_check_model_dir(teacher, "distillation.teacher"))
 
     def build_datasets(self) -> Tuple[Dataset, Dataset]:
-        dsd = load_glue(self.spec.name, self.data_dir, splits=("train", self.eval_split))
-        tok = tokenize_glue(dsd, self.tokenizer, self.spec.name, max_length=self.max_length)
-        return tok["train"], tok[self.eval_split]
+        if self._datasets is None:
+            try:
+                dsd = load_glue(self.spec.name, self.config.data_dir, splits=("train", self.eval_split))
+            except ValueError as err:
+                raise ConfigError("task.data_dir", str(err)) from None
+            tok = tokenize_glue(dsd, self.tokenizer, self.spec.name, max_length=self.config.max_length)
+            self._datasets = (tok["train"], tok[self.eval_split])
+        return self._datasets
 
     # -- step ---------------------------------------------------------------------------
 
@@ -119,39 +146,16 @@ class GlueTask(Task):
             raise ValueError("GLUE batches are dicts with 'labels' (use task.collate_fn as the DataLoader collate_fn)")
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         labels = batch["labels"].to(device, non_blocking=True)
-        # labels are not passed to the model so HF does not compute a second loss.
+        # labels are not passed to the model, so HF does not compute a second loss.
         logits = model(**inputs).logits
         if self.spec.is_regression:
             logits = logits.squeeze(-1)
-        self._teacher_logits = None
-        if self.alpha_kd > 0.0 and model.training:
-            teacher = self.build_teacher()
-            assert teacher is not None
-            teacher.to(device)
-            t = teacher(**inputs)
-            self._teacher_logits = t.squeeze(-1) if self.spec.is_regression else t
         return logits, labels
 
-    def hard_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.spec.is_regression:
             return nn.functional.mse_loss(logits.float().reshape(-1), labels.float().reshape(-1))
         return nn.functional.cross_entropy(logits.float(), labels.long())
 
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        hard = self.hard_loss(logits, labels)
-        teacher_logits, self._teacher_logits = self._teacher_logits, None
-        if teacher_logits is None:
-            return hard
-        return distillation_loss(logits, teacher_logits, hard, self.alpha_kd, self.kd_temperature,
-                                 regression=self.spec.is_regression)
-
     def metrics(self, logits: Tensor, labels: Tensor) -> Dict[str, float]:
         return glue_metrics(self.metric_task, logits, labels)
-
-
-def _check_tokenizer_dir(path: str) -> str:
-    path = os.fspath(path)
-    names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-    if not any(os.path.isfile(os.path.join(path, n)) for n in names):
-        raise ValueError(f"tokenizer_dir {path!r} has none of {names}; save the tokenizer there with save_pretrained")
-    return path
