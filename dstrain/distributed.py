@@ -60,3 +60,25 @@ def device() -> torch.device:
 
     name = get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running stats) over ranks.
+
+    DeepSpeed, unlike DDP, does not broadcast buffers, so each rank's running
+    statistics drift apart; evaluating or saving then depends on the rank.  One
+    all-reduce per evaluation/checkpoint makes them agree.
+    """
+    if not dist.is_initialized() or world_size() == 1:
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()

@@ -29,6 +29,7 @@ from .masks import MaskRegistry
 from .optim import MaskedAdamW, MaskedSGD
 from .recipe import Recipe
 from .tasks import Task, build_task
+from .zero import PartitionMasks
 
 
 @dataclass
@@ -174,7 +175,22 @@ class SparseTrainer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=client_optimizer, lr_scheduler=self.controller, config=self.ds_config)
         self.client_optimizer = client_optimizer
+        self._match_buffer_dtype()
+        # ZeRO-1/2 and mixed precision hand the optimizer flat fp32 partitions: give it their masks.
+        self.partition_masks = PartitionMasks(self.optimizer, self.registry)
+        client_optimizer.set_mask_source(self.partition_masks.mask_for)
+        self.controller.on_masks_updated = self.partition_masks.refresh
         self.teacher = self._build_teacher()
+
+    def _match_buffer_dtype(self) -> None:
+        """DeepSpeed casts parameters, not buffers, to bf16/fp16; CPU batch_norm needs them to agree."""
+        dtype = next(self.engine.module.parameters()).dtype
+        if self.device.type != "cpu" or dtype == torch.float32:
+            return
+        for module in self.engine.module.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != dtype:
+                    setattr(module, name, buf.to(dtype))
 
     def _build_teacher(self) -> Optional[nn.Module]:
         spec = self.recipe.distillation
@@ -203,6 +219,7 @@ class SparseTrainer:
     # --- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
+        dstdist.average_buffers(self.engine.module)
         self.engine.eval()
         logits_all, labels_all = [], []
         for batch in self.eval_loader:
@@ -225,6 +242,7 @@ class SparseTrainer:
                 "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log}
 
     def _save(self, epoch: int, batch_in_epoch: int) -> None:
+        dstdist.average_buffers(self.engine.module)
         ckpt.save(self.engine, self.output_dir / "checkpoints", self.controller.step_count,
                   self._client_state(epoch, batch_in_epoch), self.options.keep_last)
 

@@ -25,6 +25,11 @@ def main() -> None:
     result = trainer.train()
     state = weights_and_masks(trainer)
     state["revived"] = torch.tensor(trainer.registry.revived())
+    # ZeRO / mixed precision: the fp32 master partitions must hold exact zeros too.
+    state["master_revived"] = torch.tensor(sum(int((master[~mask] != 0).sum())
+                                               for master, mask in trainer.partition_masks.masters_and_masks()))
+    state["masked_masters"] = torch.tensor(len(trainer.partition_masks.masters_and_masks()))
+    state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
 
 

@@ -1,4 +1,4 @@
-"""Two processes over gloo through DeepSpeed: ranks agree, and agree with one process."""
+"""Two processes over gloo through DeepSpeed (ZeRO 0/1/2, bf16): ranks agree, and agree with one process."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, run, tiny_recipe, weights_and_masks
+from helpers import run, tiny_recipe, weights_and_masks
 
 HERE = Path(__file__).resolve().parent
 
@@ -16,35 +16,55 @@ HERE = Path(__file__).resolve().parent
 NO_BN = {"task.arch_options": {"depth": 8, "width": 8, "norm": "none"}, "optimizer.lr": 0.05}
 
 
-def launch(spec: dict, tmp_path: Path, nproc: int = 2) -> list:
+def launch(spec: dict, tmp_path: Path, nproc: int = 2, worker: Path = HERE / "dist_worker.py") -> list:
+    """Run ``worker`` under torch.distributed.run; returns each rank's saved state."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(29500 + os.getpid() % 1000), str(HERE / "dist_worker.py"), str(spec_path)]
+           "--master_port", str(20000 + (os.getpid() * 7 + len(str(tmp_path))) % 20000), str(worker), str(spec_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [torch.load(Path(spec["out"]) / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
 
 
-def _recipe_dict(**overrides):
-    recipe = tiny_recipe(**overrides)
-    return recipe.model_dump()
+@pytest.fixture(scope="module")
+def single_process_reference(tmp_path_factory):
+    trainer, _ = run(tiny_recipe(**NO_BN), tmp_path_factory.mktemp("single"))
+    return weights_and_masks(trainer)
 
 
-def test_two_ranks_end_identical_and_match_one_process(tmp_path):
-    recipe = _recipe_dict(**NO_BN)
-    ranks = launch({"recipe": recipe, "out": str(tmp_path / "dist")}, tmp_path)
+def _assert_ranks_identical(ranks):
     r0, r1 = ranks[0]["state"], ranks[1]["state"]
     for key in r0:
         assert torch.equal(r0[key], r1[key]), f"ranks differ in {key}"
-    assert int(r0["revived"]) == 0
-    assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
 
-    single, _ = run(tiny_recipe(**NO_BN), tmp_path / "single")
-    ref = weights_and_masks(single)
-    for key, value in ref.items():
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_zero_stage_matches_single_process(stage, tmp_path, single_process_reference):
+    ds_config = {"zero_optimization": {"stage": stage}}
+    ranks = launch({"recipe": tiny_recipe(**NO_BN).model_dump(), "ds_config": ds_config,
+                    "out": str(tmp_path / "dist")}, tmp_path)
+    _assert_ranks_identical(ranks)
+    state = ranks[0]["state"]
+    assert bool(state["flattened"]) == (stage > 0)
+    assert int(state["masked_masters"]) > 0 or stage == 0
+    assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
+    assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
+    for key, value in single_process_reference.items():
         if key.startswith("m/"):
-            assert torch.equal(value, r0[key]), key
+            assert torch.equal(value, state[key]), key
         else:
-            torch.testing.assert_close(r0[key], value, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_bf16_keeps_pruned_weights_zero_in_model_and_master(stage, tmp_path):
+    ds_config = {"zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    ranks = launch({"recipe": tiny_recipe().model_dump(), "ds_config": ds_config,
+                    "out": str(tmp_path / "dist")}, tmp_path)
+    _assert_ranks_identical(ranks)
+    state = ranks[0]["state"]
+    assert bool(state["flattened"]) and int(state["masked_masters"]) > 0
+    assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
+    assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4

@@ -1,0 +1,121 @@
+"""Masks for the tensors DeepSpeed's optimizer wrappers really hand to the client optimizer.
+
+Under ZeRO-1/2, and under stage-0 bf16/fp16, DeepSpeed flattens each parameter group
+into one low-precision buffer, makes the model's parameters views into it, and
+gives the client optimizer an fp32 copy of this rank's slice (a "partition")
+instead of the parameters.  A mask keyed by the model's parameters never reaches
+that step.  This module builds, for each fp32 partition, the flat bool mask of
+exactly the elements it holds, by locating every model parameter and the
+partition inside the shared flat buffer (storage offsets; no assumption about
+DeepSpeed's padding or ordering).  The masked optimizer then runs its fused step
+on the partition as it would on a parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .masks import MaskRegistry
+
+
+@dataclass
+class _Partition:
+    master: Tensor  # fp32 tensor stepped by the client optimizer
+    flat: Tensor  # the low-precision flat buffer model params are views of
+    view: Tensor  # the slice of ``flat`` that ``master`` mirrors
+    mask: Tensor  # bool, shape of ``master``
+    prunable: bool = False
+
+
+def _offset(view: Tensor, base: Tensor) -> Optional[int]:
+    """Element offset of ``view`` inside ``base`` if they share storage."""
+    if view.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+        return None
+    return (view.data_ptr() - base.data_ptr()) // base.element_size()
+
+
+def _group_rank(wrapper, i: int) -> int:
+    groups = getattr(wrapper, "real_dp_process_group", None)
+    if groups is None or not dist.is_initialized():
+        return 0
+    return dist.get_rank(group=groups[i])
+
+
+def _partitions_of(wrapper) -> List[tuple]:
+    """(master, flat, view) triples for the DeepSpeed optimizer wrappers that flatten."""
+    if hasattr(wrapper, "single_partition_of_fp32_groups"):  # ZeRO stage 1/2
+        return [(m, f, parts[_group_rank(wrapper, i)]) for i, (m, f, parts) in enumerate(zip(
+            wrapper.single_partition_of_fp32_groups, wrapper.bit16_groups_flat,
+            wrapper.parallel_partitioned_bit16_groups))]
+    if hasattr(wrapper, "fp32_groups_flat_partition"):  # bf16 optimizer (stage 0 + bf16)
+        return [(m, f, parts[_group_rank(wrapper, i)]) for i, (m, f, parts) in enumerate(zip(
+            wrapper.fp32_groups_flat_partition, wrapper.bf16_groups_flat, wrapper.bf16_partitioned_groups))]
+    if hasattr(wrapper, "fp32_groups_flat") and hasattr(wrapper, "fp16_groups_flat"):  # fused fp16 (stage 0)
+        return [(m, f, f) for m, f in zip(wrapper.fp32_groups_flat, wrapper.fp16_groups_flat)]
+    return []
+
+
+def _per_param_masters(wrapper) -> List[tuple]:
+    """(master, model param) pairs for the unfused fp16/bf16 wrapper (one fp32 copy per parameter)."""
+    if hasattr(wrapper, "fp32_groups") and hasattr(wrapper, "fp16_groups") and not hasattr(wrapper, "fp16_groups_flat"):
+        return [(m, p) for ms, ps in zip(wrapper.fp32_groups, wrapper.fp16_groups) for m, p in zip(ms, ps)]
+    return []
+
+
+class PartitionMasks:
+    """Mask source for the client optimizer that works with and without DeepSpeed flattening."""
+
+    def __init__(self, engine_optimizer, registry: MaskRegistry) -> None:
+        self.registry = registry
+        self.partitions: Dict[int, _Partition] = {}
+        # Unfused wrappers keep one fp32 master per parameter: same shape, so the same mask.
+        self.master_to_param: Dict[int, Tensor] = {
+            id(master): param for master, param in _per_param_masters(engine_optimizer)}
+        self._masters_by_id = {id(m): m for m, _ in _per_param_masters(engine_optimizer)}
+        for master, flat, view in _partitions_of(engine_optimizer):
+            mask = torch.ones(master.shape, dtype=torch.bool, device=master.device)
+            self.partitions[id(master)] = _Partition(master, flat, view, mask)
+        self.refresh()
+
+    @property
+    def flattened(self) -> bool:
+        """True when the optimizer steps fp32 copies rather than the model's parameters."""
+        return bool(self.partitions) or bool(self.master_to_param)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-slice the registry's masks into every partition (after each mask update)."""
+        for part in self.partitions.values():
+            start = _offset(part.view, part.flat)
+            end = start + part.view.numel()
+            flat_mask = part.mask.view(-1)
+            flat_mask.fill_(True)
+            part.prunable = False
+            for name, param in self.registry.params.items():
+                offset = _offset(param.data, part.flat)
+                if offset is None:
+                    continue
+                lo, hi = max(offset, start), min(offset + param.numel(), end)
+                if lo < hi:
+                    source = self.registry.masks[name].reshape(-1)[lo - offset:hi - offset]
+                    flat_mask[lo - start:hi - start] = source.to(flat_mask.device)
+                    part.prunable = True
+
+    def mask_for(self, tensor: Tensor) -> Optional[Tensor]:
+        part = self.partitions.get(id(tensor))
+        if part is not None:
+            return part.mask if part.prunable else None
+        return self.registry.mask_for(self.master_to_param.get(id(tensor), tensor))
+
+    def masters_and_masks(self) -> List[tuple]:
+        """(fp32 master, mask) for every master copy that has a mask."""
+        pairs = [(p.master, p.mask) for p in self.partitions.values() if p.prunable]
+        for master_id, param in self.master_to_param.items():
+            mask = self.registry.mask_for(param)
+            if mask is not None:
+                pairs.append((self._masters_by_id[master_id], mask))
+        return pairs
