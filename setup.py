@@ -22,7 +22,7 @@ REQUIRES = [
     "pandas",
     "safetensors",
 ]
-TESTS = ["pytest>=8", "pytest-benchmark>=4", "scipy"]
+TESTS = ["pytest>=8", "pytest-benchmark>=4", "scipy", "accelerate>=1.0"]
 
 setup(
     name="dstrain",

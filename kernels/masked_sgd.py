@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 

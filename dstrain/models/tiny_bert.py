@@ -83,6 +83,8 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 512, lower
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece(prefix="##")
+    # transformers 5's BertTokenizerFast installs this same template itself; setting it here
+    # keeps the raw tokenizers object correct on its own too.
     return BertTokenizerFast(
         tokenizer_object=tok,
         unk_token="[UNK]",

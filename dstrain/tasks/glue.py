@@ -109,7 +109,7 @@ class GlueTask(Task):
 
     # -- model / data -------------------------------------------------------------------
 
-    def _from_pretrained(self, path: str) -> nn.Module:
+    def _from_pretrained(self, path: str, **extra: Any) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         kwargs: Dict[str, Any] = dict(num_labels=self.spec.num_labels, local_files_only=True)
@@ -119,15 +119,33 @@ class GlueTask(Task):
             kwargs["problem_type"] = "single_label_classification"
             kwargs["id2label"] = dict(enumerate(self.spec.label_names))
             kwargs["label2id"] = {n: i for i, n in enumerate(self.spec.label_names)}
+        kwargs.update(extra)
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
     def build_model(self) -> nn.Module:
-        """Pretrained encoder from ``model_dir``; a fresh head (seeded by torch.manual_seed) if it has none."""
-        return self._from_pretrained(self.model_dir)
+        """Pretrained encoder from ``model_dir``; a fresh head (seeded by torch.manual_seed) if it
+        has none or one of another size (e.g. starting RTE from an MNLI checkpoint)."""
+        return self._from_pretrained(self.model_dir, ignore_mismatched_sizes=True)
 
     def build_teacher(self, teacher: str) -> nn.Module:
-        """A dense model already fine-tuned on this task, from a local directory (the trainer freezes it)."""
-        return self._from_pretrained(_check_model_dir(teacher, "distillation.teacher"))
+        """A dense model already fine-tuned on this task, from a local directory (the trainer freezes it).
+
+        Unlike the student, its classification head must load from the checkpoint: a
+        randomly initialised head would make distillation pull towards noise.
+        """
+        from transformers import AutoConfig
+
+        path = _check_model_dir(teacher, "distillation.teacher")
+        n = AutoConfig.from_pretrained(path, local_files_only=True).num_labels
+        if n != self.spec.num_labels:
+            raise ConfigError("distillation.teacher", f"{path!r} has a {n}-label head, {self.spec.name} needs "
+                              f"{self.spec.num_labels}", f"use a teacher fine-tuned on {self.spec.name}")
+        model, info = self._from_pretrained(path, output_loading_info=True)
+        missing = [k for k in info.get("missing_keys", []) if k]
+        if missing:
+            raise ConfigError("distillation.teacher", f"{path!r} lacks trained weights {sorted(missing)[:4]}",
+                              f"use a teacher fine-tuned on {self.spec.name} (saved with save_pretrained)")
+        return model
 
     def build_datasets(self) -> Tuple[Dataset, Dataset]:
         if self._datasets is None:
