@@ -52,8 +52,13 @@ def complete_checkpoints(save_dir: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_last: int = 2) -> Path:
-    """Write a checkpoint atomically; every rank must call this."""
+def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_last: int = 2,
+         layout: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a checkpoint atomically; every rank must call this.
+
+    ``layout`` (world size, ZeRO stage) goes into the completion marker, so a resume
+    can refuse an incompatible layout before DeepSpeed reads any shard.
+    """
     save_dir = Path(save_dir)
     staging = save_dir / STAGING
     tag = tag_for(step)
@@ -65,7 +70,7 @@ def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_l
     dstdist.barrier()
     final = save_dir / tag
     if dstdist.is_main():
-        _atomic_write_text(staging / tag / MARKER, json.dumps({"step": step, "tag": tag}))
+        _atomic_write_text(staging / tag / MARKER, json.dumps({"step": step, "tag": tag, **(layout or {})}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging / tag, final)
@@ -88,6 +93,21 @@ def resolve_resume(resume: Optional[str], save_dir: Path) -> Optional[Path]:
         raise ConfigError("--resume", f"{path} is not a complete dstrain checkpoint (no {MARKER})",
                           "pass a step folder under the output's checkpoints/, or --resume auto")
     return path
+
+
+def check_layout(checkpoint: Path, current: Dict[str, Any]) -> None:
+    """ZeRO-1/2 shards optimizer state by data-parallel rank: a different world size cannot load it."""
+    saved = json.loads((checkpoint / MARKER).read_text())
+    stage = saved.get("zero_stage", 0)
+    if stage != current["zero_stage"]:
+        raise ConfigError("ds_config.zero_optimization.stage",
+                          f"checkpoint {checkpoint.name} was written with ZeRO stage {stage}, this run uses "
+                          f"{current['zero_stage']}", f"resume with stage {stage}")
+    if stage > 0 and saved.get("world_size", current["world_size"]) != current["world_size"]:
+        raise ConfigError("--resume", f"checkpoint {checkpoint.name} holds ZeRO-{stage} optimizer shards for "
+                          f"{saved['world_size']} processes; this run has {current['world_size']}",
+                          f"resume with {saved['world_size']} processes, or convert it with DeepSpeed's "
+                          "ds_to_universal.py and set \"checkpoint\": {\"load_universal\": true}")
 
 
 def load(engine, checkpoint: Path) -> Dict[str, Any]:

@@ -153,6 +153,11 @@ class SparseTrainer:
         model = self.task.build_model().to(self.device)
         self.ds_config = resolve_ds_config(self.options.ds_config, self.recipe, self.world)
         micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        if self.device.type == "cpu" and self.ds_config.get("fp16", {}).get("enabled", False):
+            raise ConfigError("ds_config.fp16.enabled", "DeepSpeed's fp16 path does not train on CPU "
+                              "(loss stays at chance even for a dense model in our checks)",
+                              'use "bf16": {"enabled": true} on CPU; fp16 with loss scaling is for GPUs')
         self.gas = self.ds_config["gradient_accumulation_steps"]
 
         self.train_sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
@@ -238,23 +243,26 @@ class SparseTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def _client_state(self, epoch: int, batch_in_epoch: int) -> Dict[str, Any]:
-        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _capture_rng(),
+        # Position in optimizer steps, not micro-batches: valid after a change of world size.
+        return {"epoch": epoch, "steps_in_epoch": batch_in_epoch // self.gas, "rng": _capture_rng(),
                 "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log}
 
     def _save(self, epoch: int, batch_in_epoch: int) -> None:
         dstdist.average_buffers(self.engine.module)
+        layout = {"world_size": self.world, "zero_stage": self.zero_stage}
         ckpt.save(self.engine, self.output_dir / "checkpoints", self.controller.step_count,
-                  self._client_state(epoch, batch_in_epoch), self.options.keep_last)
+                  self._client_state(epoch, batch_in_epoch), self.options.keep_last, layout)
 
     def _maybe_resume(self) -> tuple:
         path = ckpt.resolve_resume(self.options.resume, self.output_dir / "checkpoints")
         if path is None:
             return 0, 0
+        ckpt.check_layout(path, {"world_size": self.world, "zero_stage": self.zero_stage})
         state = ckpt.load(self.engine, path)
         _restore_rng(state["rng"])
         self.metrics_log = list(state.get("metrics_log", []))
         self._log(f"resumed from {path} at step {self.controller.step_count}")
-        return int(state["epoch"]), int(state["batch_in_epoch"])
+        return int(state["epoch"]), int(state["steps_in_epoch"]) * self.gas
 
     # --- logging ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:

@@ -42,3 +42,15 @@ def weights_and_masks(trainer) -> Dict[str, torch.Tensor]:
     state = {f"w/{k}": v.detach().clone().float() for k, v in trainer.engine.module.state_dict().items()}
     state.update({f"m/{k}": v.clone() for k, v in trainer.registry.state_dict().items()})
     return state
+
+
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def subprocess_env(**extra: str) -> Dict[str, str]:
+    """This process's environment minus the process-group variables an in-process run set."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra)
+    return env

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run, tiny_recipe, weights_and_masks
+from helpers import run, subprocess_env, tiny_recipe, weights_and_masks
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,7 +20,7 @@ def launch(spec: dict, tmp_path: Path, nproc: int = 2, worker: Path = HERE / "di
     """Run ``worker`` under torch.distributed.run; returns each rank's saved state."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(20000 + (os.getpid() * 7 + len(str(tmp_path))) % 20000), str(worker), str(spec_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
