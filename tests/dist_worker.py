@@ -16,8 +16,44 @@ from helpers import weights_and_masks  # noqa: E402
 from dstrain import SparseTrainer, TrainerOptions, parse_recipe  # noqa: E402
 
 
+class CollectiveCounter:
+    """Counts torch.distributed collectives issued while masks are being recomputed."""
+
+    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+             "reduce_scatter", "reduce_scatter_tensor", "all_to_all_single", "barrier")
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        from dstrain.masks import MaskRegistry
+
+        self.inside, self.count, self.updates = False, 0, 0
+        for name in self.NAMES:
+            original = getattr(dist, name)
+            setattr(dist, name, self._counting(original))
+        update = MaskRegistry.update
+
+        def counted_update(registry, *args, **kwargs):
+            self.inside, self.updates = True, self.updates + 1
+            try:
+                return update(registry, *args, **kwargs)
+            finally:
+                self.inside = False
+
+        MaskRegistry.update = counted_update
+
+    def _counting(self, fn):
+        def wrapper(*args, **kwargs):
+            if self.inside:
+                self.count += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    counter = CollectiveCounter()
     out = Path(spec["out"])
     options = TrainerOptions(output_dir=out, ds_config=spec.get("ds_config", {}), progress=False,
                              tensorboard=False, **spec.get("options", {}))
@@ -29,6 +65,8 @@ def main() -> None:
     state["master_revived"] = torch.tensor(sum(int((master[~mask] != 0).sum())
                                                for master, mask in trainer.partition_masks.masters_and_masks()))
     state["masked_masters"] = torch.tensor(len(trainer.partition_masks.masters_and_masks()))
+    state["collectives_in_mask_updates"] = torch.tensor(counter.count)
+    state["mask_updates"] = torch.tensor(counter.updates)
     state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
 

@@ -49,6 +49,8 @@ def test_zero_stage_matches_single_process(stage, tmp_path, single_process_refer
     state = ranks[0]["state"]
     assert bool(state["flattened"]) == (stage > 0)
     assert int(state["masked_masters"]) > 0 or stage == 0
+    # Every rank computes the same global-magnitude mask from its full copy of the weights: no collective.
+    assert int(state["mask_updates"]) == 7 and int(state["collectives_in_mask_updates"]) == 0
     assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
     assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
     for key, value in single_process_reference.items():

@@ -44,10 +44,15 @@ class MaskedOptimizerMixin:
         return [self.mask_source(p) for p in params]
 
     def resolve_backend(self, params: List[Tensor]) -> str:
-        """'auto' picks Triton only where it can run compiled: CUDA tensors."""
+        """'auto' picks Triton only where it can run compiled: contiguous CUDA tensors.
+
+        Channels-last conv weights are dense but not contiguous; the kernels address
+        tensors as flat arrays, so 'auto' keeps those on the PyTorch path (under
+        ZeRO the optimizer only sees flat partitions, which always qualify).
+        """
         if self.backend != "auto":
             return self.backend
-        if params and params[0].is_cuda:
+        if params and params[0].is_cuda and all(p.is_contiguous() for p in params):
             from kernels import triton_available
 
             if triton_available():
