@@ -11,9 +11,11 @@ from torch import nn
 from shapes import MODELS, Shape, smoke_shapes
 
 SMOKE = os.environ.get("DSTRAIN_BENCH_SMOKE", "0") == "1"
-DEVICE = torch.device("cpu" if SMOKE else "cuda")
+# DSTRAIN_BENCH_DEVICE=cpu: real shapes on the CPU, torch implementations only (Triton needs a GPU).
+CPU_RUN = os.environ.get("DSTRAIN_BENCH_DEVICE", "") == "cpu"
+DEVICE = torch.device("cpu" if (SMOKE or CPU_RUN) else "cuda")
 KEEP_FRACTION = 0.1  # 90% random sparsity
-ROUNDS = 3 if SMOKE else 30
+ROUNDS = 3 if SMOKE else (7 if CPU_RUN else 30)
 
 
 def model_shapes(model: str) -> List[Shape]:
@@ -93,4 +95,15 @@ def record(benchmark, *, bytes_moved: int, baseline_s: Optional[float], baseline
 
 
 def cuda_name() -> str:
-    return torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (smoke)"
+    """The machine the figures belong to (GPU name, or CPU model and core count)."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name()
+    if SMOKE:
+        return "cpu (smoke)"
+    model = "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"

@@ -6,6 +6,12 @@ It implements the LR-scheduler protocol DeepSpeed expects (``step``,
 an optimizer step that was really applied (not after a skipped fp16-overflow step,
 nor between gradient-accumulation micro-steps), so the recipe's clock counts
 exactly the optimizer steps taken, whatever the precision or accumulation.
+
+``step()`` only advances the clock; the work for the next step (mask
+recomputation, phase switch, LR) happens in :meth:`begin_step`, which the trainer
+calls right before the next forward pass.  Evaluation and checkpoints in between
+therefore see the model as trained, not already pruned for the next phase (an
+AC/DC phase boundary falls on an epoch end).
 """
 from __future__ import annotations
 
@@ -42,12 +48,14 @@ class SparsityController:
         self.step_count = 0
         self.history: List[Dict[str, float]] = []
         self._last_lr = [self.lr(0)]
+        self._pending = False
         self._prepare(0, recompute=True)
 
     # --- per-step control -----------------------------------------------------------
     @property
-    def compressed(self) -> bool:
-        return self.sparsity.is_compressed(self.step_count)
+    def last_step_compressed(self) -> bool:
+        """Phase of the optimizer step taken last."""
+        return self.sparsity.is_compressed(max(self.step_count - 1, 0))
 
     def _prepare(self, step: int, recompute: bool) -> None:
         if recompute and self.sparsity.updates_mask(step):
@@ -65,9 +73,15 @@ class SparsityController:
         self._last_lr = [lr] * len(self.optimizer.param_groups)
 
     def step(self, **_: Any) -> None:
-        """Called after each applied optimizer step: advance the clock and set up the next step."""
+        """Called after each applied optimizer step: advance the clock."""
         self.step_count += 1
-        self._prepare(self.step_count, recompute=True)
+        self._pending = True
+
+    def begin_step(self) -> None:
+        """Before the forward pass of a step: recompute masks, set phase and LR, if not done yet."""
+        if self._pending:
+            self._pending = False
+            self._prepare(self.step_count, recompute=True)
 
     def get_last_lr(self) -> List[float]:
         return list(self._last_lr)
@@ -81,12 +95,14 @@ class SparsityController:
     # --- persistence (DeepSpeed saves this with the checkpoint) -----------------------
     def state_dict(self) -> Dict[str, Any]:
         return {"step_count": self.step_count, "history": list(self.history),
-                "masks": self.registry.state_dict()}
+                "masks": self.registry.state_dict(), "pending": self._pending}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.registry.load_state_dict(state["masks"])
         self.step_count = int(state["step_count"])
         self.history = list(state["history"])
-        self._prepare(self.step_count, recompute=False)
+        # A checkpoint taken between step() and begin_step() still owes the mask update.
+        self._pending = False
+        self._prepare(self.step_count, recompute=bool(state.get("pending", False)))
         if self.on_masks_updated is not None:
             self.on_masks_updated()

@@ -83,6 +83,9 @@ class ACDCSchedule(_Strict):
     compressed: float = Field(gt=0)
     decompressed: float = Field(gt=0)
     final: float = Field(gt=0)
+    last_decompressed: float = Field(default=0, ge=0,
+                                     description="length of one dense phase right before the final one; "
+                                                 "0 = keep alternating up to it")
 
 
 
@@ -131,7 +134,6 @@ class TrainingSpec(_Strict):
     epochs: float = Field(gt=0)
     batch_size: int = Field(gt=0)
     seed: int = 0
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int = Field(default=1, gt=0, description="epochs between evaluations")
 
 
@@ -159,8 +161,9 @@ class Recipe(_Strict):
             if last > self.training.epochs:
                 raise ValueError(f"pruning.schedule ends at epoch {last}, after training.epochs "
                                  f"({self.training.epochs}); shorten the schedule or train longer")
-            if sched.kind == "acdc" and sched.warmup + sched.final > self.training.epochs:
-                raise ValueError(f"pruning.schedule: warmup + final ({sched.warmup + sched.final}) exceed "
+            if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > self.training.epochs:
+                raise ValueError(f"pruning.schedule: warmup + last_decompressed + final "
+                                 f"({sched.warmup + sched.last_decompressed + sched.final}) exceed "
                                  f"training.epochs ({self.training.epochs})")
         if self.lr_schedule.unit == "epoch" and self.lr_schedule.warmup >= self.training.epochs:
             raise ValueError(f"lr_schedule.warmup ({self.lr_schedule.warmup}) must be shorter than "
@@ -186,7 +189,8 @@ class Recipe(_Strict):
             return Gradual(s.initial_sparsity, s.final_sparsity, start, max(end, start + 1),
                            max(1, to_step(s.frequency)))
         return ACDC(s.sparsity, to_step(s.warmup), max(1, to_step(s.compressed)),
-                    max(1, to_step(s.decompressed)), max(1, to_step(s.final)), total)
+                    max(1, to_step(s.decompressed)), max(1, to_step(s.final)), total,
+                    to_step(s.last_decompressed))
 
     def lr_schedule_for(self, steps_per_epoch: int, sparsity: SparsitySchedule) -> LRSchedule:
         spec = self.lr_schedule

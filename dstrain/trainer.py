@@ -160,14 +160,16 @@ class SparseTrainer:
                               'use "bf16": {"enabled": true} on CPU; fp16 with loss scaling is for GPUs')
         self.gas = self.ds_config["gradient_accumulation_steps"]
 
+        # Loader workers: the run option wins; otherwise the task's own setting (e.g. ImageNet decoding).
+        workers = self.options.num_workers or int(getattr(getattr(self.task, "config", None), "num_workers", 0))
         self.train_sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
                                                 shuffle=True, seed=self.recipe.training.seed, drop_last=True)
         self.train_loader = DataLoader(train_set, batch_size=micro, sampler=self.train_sampler, drop_last=True,
-                                       collate_fn=self.task.collate_fn, num_workers=self.options.num_workers,
-                                       pin_memory=self.device.type == "cuda")
+                                       collate_fn=self.task.collate_fn, num_workers=workers,
+                                       pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
         self.eval_loader = DataLoader(eval_set, batch_size=max(micro, 64),
                                       sampler=_ShardSampler(len(eval_set), self.rank, self.world),
-                                      collate_fn=self.task.collate_fn, num_workers=self.options.num_workers)
+                                      collate_fn=self.task.collate_fn, num_workers=workers)
         self.steps_per_epoch = len(self.train_loader) // self.gas
         if self.steps_per_epoch < 1:
             raise ConfigError("training.batch_size", f"{self.recipe.training.batch_size} is larger than "
@@ -315,6 +317,7 @@ class SparseTrainer:
                     continue
                 if micro_idx >= micro_per_epoch or self.controller.finished:
                     break
+                self.controller.begin_step()
                 loss = self._loss(batch)
                 self.engine.backward(loss)
                 self.engine.step()
@@ -373,7 +376,7 @@ class SparseTrainer:
         row = {"epoch": epoch + 1, "step": self.controller.step_count, "train_loss": train_loss,
                **{f"val_{k}": v for k, v in metrics.items()},
                "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),
-               "compressed": self.controller.compressed, "lr": self.controller.get_last_lr()[0],
+               "compressed": self.controller.last_step_compressed, "lr": self.controller.get_last_lr()[0],
                "mask_change_rate": (sum(flips) / len(flips)) if flips else None,
                "layer_sparsity": self.registry.layer_sparsity()}
         self._record(row)

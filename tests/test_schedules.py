@@ -74,3 +74,10 @@ def test_lr_rewind_restarts_the_decay_at_each_pruning_step():
     assert lr(70) == pytest.approx(1.0)
     assert lr(85) == pytest.approx(0.5)
     assert math.isclose(lr(100), 0.0, abs_tol=1e-12)
+
+
+def test_acdc_last_decompressed_phase_before_the_final_one():
+    s = ACDC(sparsity=0.9, warmup=4, compressed=2, decompressed=2, final=3, total=18, last_decompressed=5)
+    phases = "".join("C" if s.is_compressed(t) else "D" for t in range(18))
+    assert phases == "DDDD" + "CCDD" + "CC" + "DDDDD" + "CCC"
+    assert s.update_steps(18) == [4, 8, 15]

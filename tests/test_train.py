@@ -68,3 +68,15 @@ def test_resume_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
 
     with pytest.raises(ConfigError, match="--resume: .* is not a complete dstrain checkpoint"):
         run(tiny_recipe(), tmp_path / "x", resume=str(tmp_path))
+
+
+def test_epoch_rows_describe_the_epoch_just_trained(tmp_path):
+    """AC/DC phases on epoch boundaries: evaluation must not see the next phase's fresh mask."""
+    recipe = tiny_recipe(**{"training.epochs": 4, "pruning.unit": "epoch",
+                            "pruning.schedule": {"kind": "acdc", "sparsity": 0.9, "warmup": 1, "compressed": 1,
+                                                 "decompressed": 1, "final": 1}})
+    run(recipe, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["compressed"] for r in rows] == [False, True, False, True]
+    assert rows[0]["sparsity"] < 0.01 and rows[2]["sparsity"] < 0.01
+    assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-4) and rows[3]["sparsity"] == pytest.approx(0.9, abs=1e-4)

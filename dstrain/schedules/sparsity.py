@@ -124,6 +124,9 @@ class ACDC(SparsitySchedule):
     with dense phases of ``decompressed`` steps; from ``total - final`` to ``total``
     one last compressed fine-tuning phase.  Masks are recomputed by magnitude at the
     start of every compressed phase (a dense phase lets pruned weights regrow).
+    With ``last_decompressed`` > 0 the alternation stops that many steps before the
+    final phase and the model trains dense until it (the published ImageNet runs end
+    with a longer dense phase before the final compressed one).
     """
 
     sparsity: float
@@ -132,15 +135,20 @@ class ACDC(SparsitySchedule):
     decompressed: int
     final: int
     total: int
+    last_decompressed: int = 0
 
     @property
     def final_start(self) -> int:
         return self.total - self.final
 
+    @property
+    def alternation_end(self) -> int:
+        return self.final_start - self.last_decompressed
+
     def phase_starts(self) -> List[int]:
         """Start steps of all compressed phases."""
         starts, t = [], self.warmup
-        while t < self.final_start:
+        while t < self.alternation_end:
             starts.append(t)
             t += self.compressed + self.decompressed
         starts.append(self.final_start)
@@ -149,7 +157,7 @@ class ACDC(SparsitySchedule):
     def is_compressed(self, step: int) -> bool:
         if step >= self.final_start:
             return True
-        if step < self.warmup:
+        if step < self.warmup or step >= self.alternation_end:
             return False
         return (step - self.warmup) % (self.compressed + self.decompressed) < self.compressed
 
@@ -159,4 +167,6 @@ class ACDC(SparsitySchedule):
     def updates_mask(self, step: int) -> bool:
         if step >= self.final_start:
             return step == self.final_start
+        if step >= self.alternation_end:
+            return False
         return step >= self.warmup and (step - self.warmup) % (self.compressed + self.decompressed) == 0
