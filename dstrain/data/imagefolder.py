@@ -1,0 +1,165 @@
+"""ImageNet-layout image folders: ``DATA_DIR/train/<class>/*`` and ``DATA_DIR/val/<class>/*``.
+
+:func:`build_imagefolder_datasets` returns torchvision ``ImageFolder`` datasets with the
+standard ResNet/ImageNet transforms (Inception-style random-resized crops and flips for
+training; resize to 256/224 of the crop size and a centre crop for validation).  Every
+problem with the folder is reported up front as a :class:`~dstrain.errors.ConfigError`
+on ``task.data_dir``, not as a torchvision traceback halfway through set-up.
+
+:func:`make_tiny_imagefolder` writes a small, learnable folder of real JPEG/PNG files in
+that layout, for tests and for trying the pipeline without ImageNet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+from ..errors import ConfigError
+
+FIELD = "task.data_dir"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Extensions torchvision's default loader accepts (lower case; matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
+
+
+def train_transform(image_size: int = 224) -> Callable:
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def val_transform(image_size: int = 224) -> Callable:
+    """Resize the short side to image_size·256/224 (256 for 224), then centre-crop image_size."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _class_dirs(split_dir: Path) -> List[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _has_image(class_dir: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in class_dir.rglob("*"))
+
+
+def _describe(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in list(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_imagefolder(data_dir: Union[str, Path, None]) -> Tuple[Path, List[str]]:
+    """Validate the layout; returns (root, class names).  Raises ConfigError naming task.data_dir."""
+    if data_dir is None or str(data_dir).strip() == "":
+        raise ConfigError(FIELD, "is not set; the imagefolder task reads images from a folder",
+                          f"set task.data_dir to a folder laid out as {LAYOUT}")
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise ConfigError(FIELD, f"{root} does not exist", f"point it at a folder laid out as {LAYOUT}")
+    if not root.is_dir():
+        raise ConfigError(FIELD, f"{root} is a file, not a folder", f"point it at a folder laid out as {LAYOUT}")
+    classes = {}
+    for split in ("train", "val"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            hint = (" (ImageNet's validation images must first be sorted into one folder per class)"
+                    if split == "val" else "")
+            raise ConfigError(FIELD, f"{root} has no {split}/ subfolder",
+                              f"lay the data out as {LAYOUT}{hint}")
+        names = _class_dirs(split_dir)
+        if not names:
+            raise ConfigError(FIELD, f"{split_dir} has no class subfolders (found no images to label)",
+                              f"put each class's images in its own folder: {LAYOUT}")
+        empty = [n for n in names if not _has_image(split_dir / n)]
+        if empty:
+            raise ConfigError(FIELD, f"{split_dir} has class folder(s) without images: {_describe(empty)}",
+                              f"add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the empty folders")
+        classes[split] = names
+    if classes["train"] != classes["val"]:
+        missing = sorted(set(classes["train"]) - set(classes["val"]))
+        extra = sorted(set(classes["val"]) - set(classes["train"]))
+        parts = []
+        if missing:
+            parts.append(f"val/ lacks {_describe(missing)}")
+        if extra:
+            parts.append(f"val/ has {_describe(extra)} not in train/")
+        raise ConfigError(FIELD, f"the classes of {root}/val differ from those of {root}/train "
+                                 f"({'; '.join(parts)})",
+                          "use the same class folder names in train/ and val/ (labels are assigned by sorted name)")
+    return root, classes["train"]
+
+
+def build_imagefolder_datasets(data_dir: Union[str, Path, None], image_size: int = 224,
+                               train_tf: Optional[Callable] = None, val_tf: Optional[Callable] = None):
+    """(train, val) ``torchvision.datasets.ImageFolder`` datasets over ``data_dir``.
+
+    ``train_tf``/``val_tf`` replace the standard transforms.  Both datasets use the same
+    class-to-index map (classes sorted by folder name).
+    """
+    from torchvision.datasets import ImageFolder
+
+    if int(image_size) <= 0:
+        raise ConfigError("task.image_size", f"{image_size} must be positive", "e.g. 224 for ImageNet")
+    root, _ = check_imagefolder(data_dir)
+    train_tf = train_tf or train_transform(image_size)
+    val_tf = val_tf or val_transform(image_size)
+    try:
+        train = ImageFolder(str(root / "train"), transform=train_tf)
+        val = ImageFolder(str(root / "val"), transform=val_tf)
+    except FileNotFoundError as err:  # e.g. a race with files being removed
+        raise ConfigError(FIELD, f"torchvision could not read {root}: {err}", f"lay the data out as {LAYOUT}") from None
+    return train, val
+
+
+# Base colours of the synthetic classes: far apart, so a tiny model separates them in a few steps.
+_PALETTE = [(220, 40, 40), (40, 200, 40), (40, 70, 220), (230, 210, 30), (200, 40, 210), (30, 200, 210),
+            (240, 140, 20), (120, 120, 120), (250, 250, 250), (20, 20, 20)]
+
+
+def make_tiny_imagefolder(root: Union[str, Path], classes: Union[int, Sequence[str]] = 3, per_class: int = 8,
+                          val_per_class: Optional[int] = None, size: int = 24, seed: int = 0) -> Path:
+    """Write a small learnable ImageNet-layout folder of real image files; returns ``root``.
+
+    Each class has its own base colour plus pixel noise and a random bright square, so
+    the task is easy but not trivial after random crops.  Files alternate between JPEG
+    and PNG (and sizes vary by a few pixels) to exercise the decoding path.
+
+        make_tiny_imagefolder("/tmp/tiny", classes=3, per_class=16, size=32)
+        # /tmp/tiny/train/class0/img000.jpg, ..., /tmp/tiny/val/class2/img003.png
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    names = [f"class{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
+    if not names:
+        raise ValueError("classes must be a positive number or a non-empty list of names")
+    val_per_class = max(1, per_class // 4) if val_per_class is None else val_per_class
+    rng = np.random.RandomState(seed)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c, name in enumerate(names):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array(_PALETTE[c % len(_PALETTE)], dtype=np.float32)
+            if c >= len(_PALETTE):  # more classes than colours: shift the hue deterministically
+                base = np.roll(base, c // len(_PALETTE)) * 0.7
+            for i in range(count):
+                h, w = size + rng.randint(0, 5), size + rng.randint(0, 5)
+                pixels = base + rng.normal(0, 25, size=(h, w, 3))
+                s = max(2, size // 4)
+                y, x = rng.randint(0, h - s), rng.randint(0, w - s)
+                pixels[y:y + s, x:x + s] = 255 - base
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+                if i % 2 == 0:
+                    image.save(folder / f"img{i:03d}.jpg", quality=90)
+                else:
+                    image.save(folder / f"img{i:03d}.png")
+    return root
+
+
+__all__ = ["build_imagefolder_datasets", "check_imagefolder", "make_tiny_imagefolder", "train_transform",
+           "val_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
