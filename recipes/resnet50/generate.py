@@ -36,8 +36,8 @@ HEADER = """\
 #   validation at Resize(256) + CenterCrop(224).
 # At batch 1024 (Gale et al. 2019 trained on TPUs at 1024) scale the LR linearly: lr 1.024.
 # Mixed precision belongs in the DeepSpeed config ({"bf16": {"enabled": true}}), not here.
-# task.num_workers declares the data-loader workers ImageNet needs; check that your dstrain
-# version passes it to the DataLoader (TrainerOptions.num_workers is what the trainer reads).
+# task.num_workers sets the data-loader workers ImageNet decoding needs (launch/train.py's
+# TrainerOptions.num_workers, when non-zero, takes precedence).
 # Not verified: whether those recipes exclude BatchNorm/bias from weight decay (dstrain decays
 # every parameter) and the exact shape of their LR warm-up (here: linear from 0 per step).
 #
@@ -70,16 +70,13 @@ ACDC_NOTE = """\
 # iht_imagenet_resnet50_insta_cosinelr_s90_ep100.yaml (pruner epochs [10,10,71] + [85,20,100],
 # weight restore epochs [15,10,66] + [75,20,86]): 10 dense warm-up epochs, then 5 epochs
 # compressed (global magnitude mask, class UnstructuredMagnitudePruner) / 5 epochs decompressed
-# (pruned weights regrow from zero), and a final 15-epoch compressed fine-tuning phase.
+# (pruned weights regrow from zero), a last 10-epoch decompressed phase (last_decompressed: 10;
+# {last_dense}), and a final 15-epoch compressed fine-tuning phase.
 # Longer runs keep those phase lengths and add cycles, as the official 150/200-epoch configs do
 # (..._s90_ep150.yaml, ..._s90_ep200_unif.yaml).  All convs and the fc layer are pruned (the
 # official module lists include conv1 and fc).
-# Known deviations (dstrain's schema cannot express them yet; see the issue-5 report):
-#  * the official schedule's last decompressed phase is 10 epochs long ({last_dense}); dstrain
-#    alternates 5/5 up to the final phase, so epochs {merged} run compressed and the final
-#    compressed phase is effectively 20 epochs long;
-#  * the official runs reset the SGD momentum buffer after each decompression
-#    (--reset_momentum_after_recycling); dstrain keeps it.
+# Known deviation: the official runs reset the SGD momentum buffer after each decompression
+# (--reset_momentum_after_recycling); dstrain keeps it.
 """
 
 DENSE_NOTE = """\
@@ -140,9 +137,8 @@ def grid():
             pct = round(s * 100)
             pruning = {"scope": "global", "unit": "epoch", "exclude_first_conv": False, "exclude_classifier": False,
                        "schedule": {"kind": "acdc", "sparsity": s, "warmup": 10, "compressed": 5,
-                                    "decompressed": 5, "final": 15}}
-            note = ACDC_NOTE.format(last_dense=f"epochs {epochs - 25}-{epochs - 15}",
-                                    merged=f"{epochs - 20}-{epochs - 15}")
+                                    "decompressed": 5, "final": 15, "last_decompressed": 10}}
+            note = ACDC_NOTE.format(last_dense=f"epochs {epochs - 25}-{epochs - 15}")
             yield (f"acdc{pct}_{epochs}ep",
                    recipe(f"resnet50_acdc{pct}_{epochs}ep",
                           f"ResNet50/ImageNet, AC/DC at {pct}% global sparsity, {epochs} epochs ({length})",
