@@ -153,23 +153,6 @@ class Recipe(_Strict):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     distillation: Optional[DistillationSpec] = None
 
-    @model_validator(mode="after")
-    def _check_lengths(self):
-        sched = self.pruning.schedule
-        if self.pruning.unit == "epoch":
-            last = {"gmp": getattr(sched, "end", 0), "oneshot": getattr(sched, "at", 0)}.get(sched.kind, 0)
-            if last > self.training.epochs:
-                raise ValueError(f"pruning.schedule ends at epoch {last}, after training.epochs "
-                                 f"({self.training.epochs}); shorten the schedule or train longer")
-            if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > self.training.epochs:
-                raise ValueError(f"pruning.schedule: warmup + last_decompressed + final "
-                                 f"({sched.warmup + sched.last_decompressed + sched.final}) exceed "
-                                 f"training.epochs ({self.training.epochs})")
-        if self.lr_schedule.unit == "epoch" and self.lr_schedule.warmup >= self.training.epochs:
-            raise ValueError(f"lr_schedule.warmup ({self.lr_schedule.warmup}) must be shorter than "
-                             f"training.epochs ({self.training.epochs})")
-        return self
-
     # --- conversion to step schedules -------------------------------------------------
     def total_steps(self, steps_per_epoch: int) -> int:
         return max(1, int(round(self.training.epochs * steps_per_epoch)))
@@ -233,13 +216,33 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {loc or '<top level>'}", msg + extra, fix)
 
 
+def _check_lengths(recipe: Recipe, source: str) -> None:
+    """Cross-section checks (schedule vs training length), reported against the field to change."""
+    sched, epochs = recipe.pruning.schedule, recipe.training.epochs
+    if recipe.pruning.unit == "epoch":
+        last = {"gmp": getattr(sched, "end", 0), "oneshot": getattr(sched, "at", 0)}.get(sched.kind, 0)
+        if last > epochs:
+            field = "end" if sched.kind == "gmp" else "at"
+            raise ConfigError(f"{source}: pruning.schedule.{field}", f"epoch {last} is after training.epochs ({epochs})",
+                              "shorten the schedule or train longer")
+        if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > epochs:
+            raise ConfigError(f"{source}: pruning.schedule",
+                              f"warmup + last_decompressed + final ({sched.warmup + sched.last_decompressed + sched.final}) "
+                              f"exceed training.epochs ({epochs})", "shorten the phases or train longer")
+    if recipe.lr_schedule.unit == "epoch" and recipe.lr_schedule.warmup >= epochs:
+        raise ConfigError(f"{source}: lr_schedule.warmup", f"{recipe.lr_schedule.warmup} epochs is not shorter than "
+                          f"training.epochs ({epochs})", "shorten the warm-up")
+
+
 def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(source, "recipe must be a YAML mapping at top level", "see recipes/ for examples")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise _format_validation_error(err, source) from None
+    _check_lengths(recipe, source)
+    return recipe
 
 
 def load_recipe(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Recipe:

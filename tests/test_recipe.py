@@ -35,7 +35,8 @@ def _with(path, value):
     ("pruning.schedule.kind", "random", "pruning.schedule", "kind to one of"),
     ("optimizer.lr", "fast", "optimizer.lr", "valid number"),
     ("optimizer.momentun", 0.9, "optimizer.momentun", "unknown key"),
-    ("training.epochs", 5, "<top level>", "after training.epochs"),
+    ("training.epochs", 5, "pruning.schedule.end", "epoch 8 is after training.epochs (5)"),
+    ("lr_schedule", {"warmup": 12}, "lr_schedule.warmup", "not shorter than training.epochs"),
     ("pruning.scope", "per-channel", "pruning.scope", "'global' or 'layerwise'"),
 ])
 def test_bad_recipes_name_the_field(path, value, field, words):
