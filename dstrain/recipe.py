@@ -223,15 +223,15 @@ def _check_lengths(recipe: Recipe, source: str) -> None:
         last = {"gmp": getattr(sched, "end", 0), "oneshot": getattr(sched, "at", 0)}.get(sched.kind, 0)
         if last > epochs:
             field = "end" if sched.kind == "gmp" else "at"
-            raise ConfigError(f"{source}: pruning.schedule.{field}", f"epoch {last} is after training.epochs ({epochs})",
+            raise ConfigError(f"{source}: pruning.schedule.{field}", f"epoch {last:g} is after training.epochs ({epochs:g})",
                               "shorten the schedule or train longer")
         if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > epochs:
             raise ConfigError(f"{source}: pruning.schedule",
                               f"warmup + last_decompressed + final ({sched.warmup + sched.last_decompressed + sched.final}) "
-                              f"exceed training.epochs ({epochs})", "shorten the phases or train longer")
+                              f"exceed training.epochs ({epochs:g})", "shorten the phases or train longer")
     if recipe.lr_schedule.unit == "epoch" and recipe.lr_schedule.warmup >= epochs:
-        raise ConfigError(f"{source}: lr_schedule.warmup", f"{recipe.lr_schedule.warmup} epochs is not shorter than "
-                          f"training.epochs ({epochs})", "shorten the warm-up")
+        raise ConfigError(f"{source}: lr_schedule.warmup", f"{recipe.lr_schedule.warmup:g} epochs is not shorter than "
+                          f"training.epochs ({epochs:g})", "shorten the warm-up")
 
 
 def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
