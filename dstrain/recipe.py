@@ -7,7 +7,6 @@ naming the field (``pruning.schedule.end``) and what to do about it.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 

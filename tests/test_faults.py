@@ -14,7 +14,7 @@ import yaml
 
 from dstrain import ConfigError
 from dstrain import checkpoint as ckpt
-from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
+from helpers import TINY, run, subprocess_env, tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path):
 
     resumed = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from" in resumed.stdout and "final: test_accuracy=" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "final: test_accuracy=" in resumed.stdout
     step, got = _final_checkpoint_state(run_dir)
     assert step == total_steps == 110
     assert expected.keys() == got.keys()

@@ -14,15 +14,6 @@ from test_distributed import launch
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models train fastest on one thread; two stall badly when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_imagefolder(tmp_path_factory.mktemp("data") / "tiny", classes=3, per_class=32,

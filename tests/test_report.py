@@ -2,21 +2,11 @@
 import json
 
 import pytest
-import torch
 
 from dstrain import cli, report
 from helpers import run, tiny_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models train fastest on one thread; two stall badly when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

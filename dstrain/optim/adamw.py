@@ -42,10 +42,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             exp_avgs, exp_avg_sqs, steps = [], [], []

@@ -35,6 +35,14 @@ class MaskedOptimizerMixin:
         self.mask_source = mask_source or _no_masks
         self.masking_enabled = True
 
+    @staticmethod
+    def _closure_loss(closure) -> Optional[Tensor]:
+        """torch.optim's closure protocol: re-evaluate the loss with grad enabled."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     def set_mask_source(self, mask_source: MaskSource) -> None:
         self.mask_source = mask_source
 
