@@ -371,8 +371,9 @@ class SparseTrainer:
     def _end_of_epoch(self, epoch: int, loss_sum: torch.Tensor, loss_n: int) -> None:
         metrics = self.evaluate()
         train_loss = float(loss_sum) / max(loss_n, 1)
+        # mask updates made before the steps of this epoch: t in [epoch*spe, (epoch+1)*spe)
         flips = [h["mask_change_rate"] for h in self.controller.history
-                 if h["step"] > (epoch * self.steps_per_epoch) and h["step"] <= (epoch + 1) * self.steps_per_epoch]
+                 if epoch * self.steps_per_epoch <= h["step"] < (epoch + 1) * self.steps_per_epoch]
         row = {"epoch": epoch + 1, "step": self.controller.step_count, "train_loss": train_loss,
                **{f"val_{k}": v for k, v in metrics.items()},
                "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),

@@ -80,3 +80,6 @@ def test_epoch_rows_describe_the_epoch_just_trained(tmp_path):
     assert [r["compressed"] for r in rows] == [False, True, False, True]
     assert rows[0]["sparsity"] < 0.01 and rows[2]["sparsity"] < 0.01
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-4) and rows[3]["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    # the first mask flips 90% of the (all-True) mask; later updates are attributed to their own epoch
+    assert rows[0]["mask_change_rate"] is None and rows[2]["mask_change_rate"] is None
+    assert rows[1]["mask_change_rate"] == pytest.approx(0.9, abs=1e-4) and rows[3]["mask_change_rate"] is not None
