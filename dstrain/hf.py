@@ -24,8 +24,10 @@ Division of labour: HF runs forward/backward/clipping/``optimizer.step()``; the 
 optimizer keeps pruned weights (and their moments) at exactly zero inside that step; the
 recipe's clock (:class:`~dstrain.controller.SparsityController`) advances in the callback's
 ``on_step_end`` — after every applied optimizer step, as DeepSpeed's scheduler hook does in
-:class:`~dstrain.trainer.SparseTrainer` — and sets the masks, phase and LR of the next step.
-HF's own LR schedule is replaced by :class:`RecipeLRScheduler`, which changes nothing and
+:class:`~dstrain.trainer.SparseTrainer` — and the next step's masks, phase and LR are set in
+``on_step_begin``, right before its forward pass (``SparsityController.begin_step``, as the
+SparseTrainer loop does), so HF's logging, evaluation and checkpoints in between see the
+model as trained. HF's own LR schedule is replaced by :class:`RecipeLRScheduler`, which changes nothing and
 only reports the recipe's LR, so the two schedules cannot fight.
 """
 from __future__ import annotations
@@ -186,14 +188,7 @@ def _unwrap_scheduler(scheduler: Any) -> Any:
 
 def _masks_follow_params(registry: "MaskRegistry") -> None:
     """Trainer moves the model to its device after the registry was built: move the masks too."""
-    moved = False
-    for name, mask in list(registry.masks.items()):
-        device = registry.params[name].device
-        if mask.device != device:
-            registry.masks[name] = mask.to(device)
-            moved = True
-    if moved:
-        registry._reindex()  # the optimizer looks masks up by parameter through this index
+    registry.follow_param_devices()
 
 
 class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
@@ -202,10 +197,12 @@ class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
     Hook choice (transformers 5.x ``Trainer._run_epoch``): ``on_step_end`` fires once per
     optimizer step, after ``optimizer.step()``, the scheduler's ``step()`` and
     ``zero_grad`` — the same point at which DeepSpeed steps the controller in
-    :class:`~dstrain.trainer.SparseTrainer`. Advancing the controller there recomputes the
+    :class:`~dstrain.trainer.SparseTrainer` — and advances the recipe's clock there.
+    ``on_step_begin`` fires once per optimizer step before its first micro-batch's forward
+    pass; :meth:`~dstrain.controller.SparsityController.begin_step` there recomputes the
     masks when the recipe says so (zeroing the newly pruned weights), switches the
-    compressed/dense phase and sets the LR for the next step, before HF logs, evaluates or
-    saves. Build it with :func:`prepare_hf_sparse_training`.
+    compressed/dense phase and sets the LR, exactly where SparseTrainer calls it. Build it
+    with :func:`prepare_hf_sparse_training`.
     """
 
     def __init__(self, controller: "SparsityController", lr_scheduler: RecipeLRScheduler) -> None:
@@ -261,6 +258,9 @@ class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
                               f"{state.global_step}", "resume from a checkpoint saved with this callback")
         _masks_follow_params(self.registry)
         self.lr_scheduler.consume_applied()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.controller.begin_step()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.lr_scheduler.consume_applied():

@@ -108,6 +108,17 @@ class MaskRegistry:
     def _reindex(self) -> None:
         self._by_param = {id(self.params[n]): m for n, m in self.masks.items()}
 
+    def follow_param_devices(self) -> None:
+        """Move masks to their parameters' devices (after a framework moved the model)."""
+        moved = False
+        for name, mask in list(self.masks.items()):
+            device = self.params[name].device
+            if mask.device != device:
+                self.masks[name] = mask.to(device)
+                moved = True
+        if moved:
+            self._reindex()
+
     # --- lookups -----------------------------------------------------------------
     def mask_for(self, param: Tensor) -> Optional[Tensor]:
         """Mask of a model parameter, or None if it is dense."""

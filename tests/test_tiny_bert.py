@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dstrain.hf import DstrainRecipeCallback, export_sparse_model, unwrap_model
+from dstrain.hf import export_sparse_model, unwrap_model
 from dstrain.models.tiny_bert import make_tiny_bert
 
 TEXTS = [
@@ -195,71 +195,3 @@ def test_glue_task_errors(tiny_dir, tmp_path):
         t.build_datasets()
     with pytest.raises(ConfigError, match="distillation.teacher"):
         t.build_teacher(str(tmp_path / "missing"))
-
-
-def test_recipe_callback_hooks_in_hf_trainer(tiny_dir, tmp_path):
-    """Call order and step numbers inside a real transformers.Trainer, with grad accumulation."""
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
-
-    from dstrain.data.glue import glue_collator, load_glue, tokenize_glue
-
-    _write_sst2(str(tmp_path))
-    tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
-    train = tokenize_glue(load_glue("sst2", tmp_path, splits=["train"]), tok, "sst2")["train"]
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_dir, local_files_only=True)
-    w = model.classifier.weight
-
-    class Controller:
-        def __init__(self):
-            self.events = []
-
-        def on_step_begin(self, step):
-            self.events.append(("begin", step))
-
-        def after_optimizer_step(self):
-            with torch.no_grad():
-                w[:, 0] = 0.0  # "re-apply a mask"
-            self.events.append(("after", None))
-
-    ctl = Controller()
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1,
-                             gradient_accumulation_steps=2, max_steps=3, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-                             disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=glue_collator(tok),
-                      callbacks=[DstrainRecipeCallback(ctl)])
-    trainer.train()
-    assert ctl.events == [("begin", 0), ("after", None), ("begin", 1), ("after", None), ("begin", 2), ("after", None)]
-    assert (w[:, 0] == 0).all() and (w[:, 1] != 0).all()
-
-
-def test_recipe_callback_through_callback_handler():
-    """The hooks accept exactly what transformers' CallbackHandler passes (no accelerate needed)."""
-    from transformers import TrainerControl, TrainerState
-    from transformers.trainer_callback import CallbackHandler
-
-    events = []
-
-    class Controller:
-        def on_step_begin(self, step):
-            events.append(("begin", step))
-
-        def after_optimizer_step(self):
-            events.append(("after", None))
-
-    model = torch.nn.Linear(2, 2)
-    handler = CallbackHandler([DstrainRecipeCallback(Controller())], model, None, None, None)
-    state, control = TrainerState(), TrainerControl()
-    for _ in range(2):  # the order Trainer._inner_training_loop uses
-        handler.on_step_begin(None, state, control)
-        handler.on_pre_optimizer_step(None, state, control)
-        handler.on_optimizer_step(None, state, control)
-        state.global_step += 1
-        handler.on_step_end(None, state, control)
-    assert events == [("begin", 0), ("after", None), ("begin", 1), ("after", None)]
-
-
-def test_recipe_callback_rejects_incomplete_controller():
-    with pytest.raises(ValueError, match="after_optimizer_step"):
-        DstrainRecipeCallback(type("C", (), {"on_step_begin": lambda self, s: None})())
