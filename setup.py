@@ -21,8 +21,9 @@ REQUIRES = [
     "scikit-learn",
     "pandas",
     "safetensors",
+    "accelerate>=1.0",  # transformers.Trainer (dstrain.hf interop)
 ]
-TESTS = ["pytest>=8", "pytest-benchmark>=4", "scipy", "accelerate>=1.0"]
+TESTS = ["pytest>=8", "pytest-benchmark>=4", "scipy"]
 
 setup(
     name="dstrain",
