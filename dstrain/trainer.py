@@ -365,6 +365,8 @@ class SparseTrainer:
             "wall_time_s": time.time() - start_time, "world_size": self.world,
         }
         if self.rank == 0:
+            if not stop and self.task.export(self.engine.module, str(self.output_dir / "final_model")):
+                result["exported_to"] = str(self.output_dir / "final_model")
             (self.output_dir / "result.json").write_text(json.dumps(result, indent=2))
         return result
 

@@ -184,9 +184,10 @@ def test_distilled_sparse_glue_finetuning(tiny_dir, data_dir, tmp_path):
     """Dense teacher (1 epoch), then GMP to 80% with KD from it: target reached, nothing revived."""
     dense = _recipe(tiny_dir, data_dir, name="teacher", training={"epochs": 1, "batch_size": BATCH, "seed": SEED},
                     pruning={"schedule": {"kind": "dense"}})
-    teacher, _ = run(dense, tmp_path / "teacher")
-    teacher_dir = tmp_path / "teacher" / "model"
-    export_sparse_model(teacher.engine.module, str(teacher_dir), tokenizer=teacher.task.tokenizer)
+    teacher, teacher_result = run(dense, tmp_path / "teacher")
+    # the trainer exports a finished GLUE run as a save_pretrained folder: the next run's teacher
+    teacher_dir = tmp_path / "teacher" / "final_model"
+    assert teacher_result["exported_to"] == str(teacher_dir)
 
     student = _recipe(tiny_dir, data_dir, distillation={"teacher": str(teacher_dir), "alpha": 0.7,
                                                          "temperature": 2.0})

@@ -45,6 +45,10 @@ class Task(abc.ABC):
         raise ConfigError("distillation.teacher", f"task {self.name!r} does not support distillation",
                           "remove the distillation section")
 
+    def export(self, model: nn.Module, out_dir: str) -> bool:
+        """Write the trained model in the task's native format; False if the task has none."""
+        return False
+
     @abc.abstractmethod
     def metrics(self, logits: Tensor, labels: Tensor) -> Dict[str, float]:
         """Metrics over the whole eval set (already gathered from all ranks)."""

@@ -147,6 +147,13 @@ class GlueTask(Task):
                               f"use a teacher fine-tuned on {self.spec.name} (saved with save_pretrained)")
         return model
 
+    def export(self, model: nn.Module, out_dir: str) -> bool:
+        """save_pretrained folder (with tokenizer): the next run's teacher or a plain transformers model."""
+        from ..hf import export_sparse_model
+
+        export_sparse_model(model, out_dir, tokenizer=self.tokenizer)
+        return True
+
     def build_datasets(self) -> Tuple[Dataset, Dataset]:
         if self._datasets is None:
             try:
