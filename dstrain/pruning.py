@@ -26,15 +26,15 @@ def torch_kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> float:
 
 
 def default_selector(tensors: Sequence[Tensor]) -> KthSelector:
-    """Triton radix select on CUDA when available; torch.kthvalue otherwise."""
-    if tensors and tensors[0].is_cuda:
-        try:
-            from kernels import kth_smallest_abs
+    """Radix select (:func:`kernels.kth_smallest_abs`): Triton on CUDA, the same algorithm in torch elsewhere.
 
-            return kth_smallest_abs
-        except ImportError:  # pragma: no cover - kernels package is part of the install
-            pass
-    return torch_kth_smallest_abs
+    Exact like kthvalue, but it neither concatenates nor sorts: 1.3-1.6x faster than
+    torch.kthvalue on the CPU for ResNet50/BERT-base-sized models (benchmarks/), and
+    kthvalue is far slower still on GPU (see README).
+    """
+    from kernels import kth_smallest_abs
+
+    return kth_smallest_abs
 
 
 def num_to_prune(numel: int, sparsity: float) -> int:
