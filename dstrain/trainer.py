@@ -183,6 +183,9 @@ class SparseTrainer:
             model=model, optimizer=client_optimizer, lr_scheduler=self.controller, config=self.ds_config)
         self.client_optimizer = client_optimizer
         self._match_buffer_dtype()
+        if getattr(getattr(self.task, "config", None), "compile", False):
+            # DeepSpeed compiles the forward in place; parameters (and so masks) are unchanged.
+            self.engine.compile()
         # ZeRO-1/2 and mixed precision hand the optimizer flat fp32 partitions: give it their masks.
         self.partition_masks = PartitionMasks(self.optimizer, self.registry)
         client_optimizer.set_mask_source(self.partition_masks.mask_for)

@@ -70,3 +70,21 @@ def test_bf16_keeps_pruned_weights_zero_in_model_and_master(stage, tmp_path):
     assert bool(state["flattened"]) and int(state["masked_masters"]) > 0
     assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
     assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
+
+
+def test_stage0_checkpoint_resumes_with_another_world_size(tmp_path, single_process_reference):
+    """Written by 1 process, finished by 2: the recipe clock and data position carry over."""
+    recipe = tiny_recipe(**NO_BN)
+    out = tmp_path / "run"
+    _, half = run(recipe, out, max_steps=16, save_every=8)
+    assert half["steps"] == 16
+    ranks = launch({"recipe": recipe.model_dump(), "out": str(out), "options": {"resume": "auto"}}, tmp_path)
+    _assert_ranks_identical(ranks)
+    assert ranks[0]["result"]["steps"] == 33
+    state = ranks[0]["state"]
+    assert int(state["revived"]) == 0
+    for key, value in single_process_reference.items():
+        if key.startswith("m/"):
+            assert torch.equal(value, state[key]), key
+        else:
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)

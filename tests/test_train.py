@@ -83,3 +83,20 @@ def test_epoch_rows_describe_the_epoch_just_trained(tmp_path):
     # the first mask flips 90% of the (all-True) mask; later updates are attributed to their own epoch
     assert rows[0]["mask_change_rate"] is None and rows[2]["mask_change_rate"] is None
     assert rows[1]["mask_change_rate"] == pytest.approx(0.9, abs=1e-4) and rows[3]["mask_change_rate"] is not None
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_to_the_same_masks_and_close_weights(tmp_path):
+    """task.compile=true: DeepSpeed's engine.compile() (inductor on CPU) changes speed, not the recipe."""
+    # a few steps: compiled kernels sum in another order, and at lr 0.1 differences grow step by step
+    eager, _ = run(tiny_recipe(**{"training.epochs": 1}), tmp_path / "eager", max_steps=4)
+    compiled, result = run(tiny_recipe(**{"training.epochs": 1, "task.compile": True}), tmp_path / "compiled",
+                           max_steps=4)
+    assert compiled.engine.is_compiled
+    assert result["revived"] == 0
+    want, got = weights_and_masks(eager), weights_and_masks(compiled)
+    for key in want:
+        if key.startswith("m/"):
+            assert torch.equal(want[key], got[key]), key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-4, msg=key)

@@ -23,6 +23,7 @@ class ImageTaskConfig(BaseModel):
     image_size: int = Field(default=224, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     channels_last: bool = False
+    compile: bool = Field(default=False, description="torch.compile the model through DeepSpeed's engine.compile()")
     num_workers: int = Field(default=0, ge=0)
 
 
