@@ -187,6 +187,31 @@ class Recipe(_Strict):
             milestones=tuple(to_step(m) for m in spec.milestones), gamma=spec.gamma, restarts=restarts)
 
 
+def _flow(value: Any) -> str:
+    """One-line YAML flow style (a scalar alone would get a document-end marker)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=1000, sort_keys=False).strip()
+    return text[1:-1]
+
+
+def dump_recipe(data: Dict[str, Any], comments: str = "") -> str:
+    """Recipe dict -> compact, commented YAML (one line per section, pruning key by key).
+
+    The generators in recipes/ use it so that hand-read recipes stay short; the result
+    loads back with :func:`load_recipe`.
+    """
+    lines = []
+    for key, value in data.items():
+        if key == "pruning" and isinstance(value, dict):
+            lines.append("pruning:")
+            lines.extend(f"  {k}: {_flow(v)}" for k, v in value.items())
+        elif isinstance(value, dict):
+            lines.append(f"{key}: {_flow(value)}")
+        else:
+            lines.append(f"{key}: {value}" if key in ("name", "description") else f"{key}: {_flow(value)}")
+    head = comments if not comments or comments.endswith("\n") else comments + "\n"
+    return head + "\n".join(lines) + "\n"
+
+
 def _converter(unit: str, steps_per_epoch: int):
     if unit == "step":
         return lambda v: int(v)

@@ -91,3 +91,14 @@ def test_cli_reports_bad_recipe_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "pruning.schedule.final_sparsity: 1.5 must be in [0, 1)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dump_recipe_round_trips(tmp_path):
+    from dstrain.recipe import dump_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "digits_gmp90.yaml")
+    text = dump_recipe(recipe.model_dump(), "# a comment\n")
+    assert text.startswith("# a comment\nname: digits_gmp90\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert load_recipe(path) == recipe

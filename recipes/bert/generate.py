@@ -11,9 +11,13 @@ the YAML.  Other GLUE tasks: ``--set task.glue_task=qqp`` etc. (and a teacher fo
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+from dstrain.recipe import dump_recipe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPARSITIES = (0.80, 0.90, 0.97)
@@ -71,11 +75,6 @@ GMP_NOTE = """\
 """
 
 
-def _fmt(value) -> str:
-    """One-line YAML flow style (a scalar alone would get a document-end marker)."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1000, sort_keys=False).strip()
-    return text[1:-1]
-
 
 PRUNING_KEYS = {"scope": "global", "unit": "epoch", "exclude_classifier": True, "exclude": [r"^bert\.pooler\."]}
 
@@ -114,16 +113,7 @@ def gmp(sparsity: float, epochs: int) -> dict:
 
 
 def render(data: dict, note: str) -> str:
-    lines = [HEADER, note, f"name: {data['name']}", f"description: {data['description']}"]
-    for key in ("task", "training", "optimizer", "lr_schedule"):
-        lines.append(f"{key}: {_fmt(data[key])}")
-    if "pruning" in data:
-        lines.append("pruning:")
-        for key, value in data["pruning"].items():
-            lines.append(f"  {key}: {_fmt(value)}")
-    if "distillation" in data:
-        lines.append(f"distillation: {_fmt(data['distillation'])}")
-    return "\n".join(lines) + "\n"
+    return dump_recipe(data, HEADER + "\n" + note + "\n")
 
 
 def grid():
@@ -135,9 +125,6 @@ def grid():
 
 
 def main() -> None:
-    import sys
-
-    sys.path.insert(0, str(HERE.parent.parent))
     from dstrain import load_recipe
 
     for stem, data, note in grid():

@@ -10,9 +10,13 @@ copied into every file.  Edit this script, not the YAML.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+from dstrain.recipe import dump_recipe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BASE_EPOCHS = 100
@@ -85,11 +89,6 @@ DENSE_NOTE = """\
 """
 
 
-def _fmt(value) -> str:
-    """One-line YAML flow style (a scalar alone would get a document-end marker)."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1000, sort_keys=False).strip()
-    return text[1:-1]
-
 
 def recipe(name: str, description: str, epochs: int, pruning: dict | None) -> dict:
     data = {
@@ -108,14 +107,7 @@ def recipe(name: str, description: str, epochs: int, pruning: dict | None) -> di
 
 
 def render(data: dict, note: str) -> str:
-    lines = [HEADER, note, f"name: {data['name']}", f"description: {data['description']}"]
-    for key in ("task", "training", "optimizer", "lr_schedule"):
-        lines.append(f"{key}: {_fmt(data[key])}")
-    if "pruning" in data:
-        lines.append("pruning:")
-        for key, value in data["pruning"].items():
-            lines.append(f"  {key}: {_fmt(value)}")
-    return "\n".join(lines) + "\n"
+    return dump_recipe(data, HEADER + "\n" + note + "\n")
 
 
 def grid():
@@ -146,9 +138,6 @@ def grid():
 
 
 def main() -> None:
-    import sys
-
-    sys.path.insert(0, str(HERE.parent.parent))
     from dstrain import load_recipe
 
     for stem, data, note in grid():
