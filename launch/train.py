@@ -35,6 +35,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (and save)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set training.epochs=5 (value parsed as YAML)")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="data-loader worker processes per rank (0: the recipe's task.num_workers, if any)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for recipe in recipes:
             options = TrainerOptions(output_dir=Path(args.output_dir) / recipe.name, ds_config=ds_config,
                                      save_every=args.save_every, resume=args.resume, max_steps=args.max_steps,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, num_workers=args.num_workers)
             results.append(SparseTrainer(recipe, options).train())
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
