@@ -253,6 +253,11 @@ class SparseTrainer:
                 "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log}
 
     def _save(self, epoch: int, batch_in_epoch: int) -> None:
+        started = time.perf_counter()
+        self._save_checkpoint(epoch, batch_in_epoch)
+        self._save_seconds = getattr(self, "_save_seconds", 0.0) + time.perf_counter() - started
+
+    def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
         dstdist.average_buffers(self.engine.module)
         layout = {"world_size": self.world, "zero_stage": self.zero_stage}
         ckpt.save(self.engine, self.output_dir / "checkpoints", self.controller.step_count,
@@ -312,9 +317,12 @@ class SparseTrainer:
         stop = False
         micro_per_epoch = self.steps_per_epoch * self.gas
         epoch = start_epoch
+        first_step = self.controller.step_count
+        self._save_seconds, train_seconds = 0.0, 0.0
         for epoch in range(start_epoch, epochs):
             self.train_sampler.set_epoch(epoch)
             loss_sum, loss_n = torch.zeros((), device=self.device), 0
+            epoch_start, saves_before = time.perf_counter(), self._save_seconds
             for micro_idx, batch in enumerate(self.train_loader):
                 if micro_idx < skip_batches:
                     continue
@@ -330,16 +338,20 @@ class SparseTrainer:
                     continue
                 for callback in self.callbacks:
                     callback.on_step_end(self)
+                step = self.controller.step_count
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")
-                step = self.controller.step_count
+                    if step % 10 == 0:  # .item() waits for the device: not every step
+                        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")
                 at_end_of_epoch = (micro_idx + 1) == micro_per_epoch
                 if self.options.save_every and step % self.options.save_every == 0 and not at_end_of_epoch:
                     self._save(epoch, micro_idx + 1)
                 if self.options.max_steps is not None and step >= self.options.max_steps:
                     stop = True
                     break
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            train_seconds += time.perf_counter() - epoch_start - (self._save_seconds - saves_before)
             skip_batches = 0
             if stop and micro_idx + 1 == micro_per_epoch:
                 stop_at_epoch_end = True
@@ -366,6 +378,9 @@ class SparseTrainer:
             "metric": self.task.primary_metric, "score": final.get(f"val_{self.task.primary_metric}"),
             "sparsity": self.registry.weight_sparsity(), "revived": self.registry.revived(),
             "wall_time_s": time.time() - start_time, "world_size": self.world,
+            # training loop only (no evaluation, checkpoints or set-up), all ranks together
+            "train_samples_per_s": (self.controller.step_count - first_step) * self.recipe.training.batch_size
+            / max(train_seconds, 1e-9),
         }
         if self.rank == 0:
             if not stop and self.task.export(self.engine.module, str(self.output_dir / "final_model")):

@@ -92,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for r in results:
             score = "n/a" if r["score"] is None else f"{r['score']:.4f}"
             print(f"{r['recipe']:>24}: {r['metric']}={score} sparsity={r['sparsity']:.4f} "
-                  f"revived={r['revived']} steps={r['steps']} wall={r['wall_time_s']:.1f}s")
+                  f"revived={r['revived']} steps={r['steps']} wall={r['wall_time_s']:.1f}s "
+                  f"train_samples/s={r['train_samples_per_s']:.1f}")
         last = results[-1]
         dense = [r for r in results[:-1] if r["sparsity"] < 0.01]
         baseline = f" dense_baseline_{dense[0]['metric']}={dense[0]['score']:.4f}" if dense and dense[0]["score"] else ""

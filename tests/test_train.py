@@ -100,3 +100,17 @@ def test_compiled_model_trains_to_the_same_masks_and_close_weights(tmp_path):
             assert torch.equal(want[key], got[key]), key
         else:
             torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_synthetic_images_report_throughput(tmp_path):
+    """The synthetic task (for sparse-vs-dense images/s on a GPU) runs end to end and reports its rate."""
+    recipe = tiny_recipe(**{"task": {"name": "synthetic", "arch": "small_resnet", "image_size": 16,
+                                     "num_classes": 4, "synthetic_size": 256,
+                                     "arch_options": {"depth": 8, "width": 8}},
+                            "training.batch_size": 64, "training.epochs": 2,
+                            "pruning.schedule": {"kind": "constant", "sparsity": 0.9}})
+    trainer, result = run(recipe, tmp_path)
+    assert result["steps"] == 8 and result["revived"] == 0
+    assert abs(result["sparsity"] - 0.9) < 1e-3
+    assert result["train_samples_per_s"] > 0
+    assert trainer.task.build_datasets()[0][300][0].shape == (3, 16, 16)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .base import Task
 
-IMAGE_TASKS = ("digits", "imagefolder")
+IMAGE_TASKS = ("digits", "imagefolder", "synthetic")
 
 
 def build_task(config: Dict[str, Any], field: str = "task") -> Task:

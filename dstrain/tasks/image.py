@@ -15,7 +15,7 @@ from .base import Task
 class ImageTaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["digits", "imagefolder"] = "digits"
+    name: Literal["digits", "imagefolder", "synthetic"] = "digits"
     arch: str = "small_resnet"
     arch_options: Dict[str, Any] = Field(default_factory=dict)
     data_dir: Optional[str] = None
@@ -25,6 +25,7 @@ class ImageTaskConfig(BaseModel):
     channels_last: bool = False
     compile: bool = Field(default=False, description="torch.compile the model through DeepSpeed's engine.compile()")
     num_workers: int = Field(default=0, ge=0)
+    synthetic_size: int = Field(default=10_000, gt=0, description="examples per epoch for name: synthetic")
 
 
 class ImageClassificationTask(Task):
@@ -39,7 +40,15 @@ class ImageClassificationTask(Task):
 
     def build_datasets(self) -> Tuple[Dataset, Dataset]:
         if self._datasets is None:
-            if self.config.name == "digits":
+            if self.config.name == "synthetic":
+                from ..data.synthetic import SyntheticImages
+
+                classes = self._num_classes or 1000
+                size = self.config.image_size
+                self._datasets = (SyntheticImages(self.config.synthetic_size, size, classes, seed=0),
+                                  SyntheticImages(max(self.config.synthetic_size // 10, 1), size, classes, seed=1))
+                self._num_classes = classes
+            elif self.config.name == "digits":
                 from ..data.digits import load_digits_split
 
                 self._datasets = load_digits_split()
