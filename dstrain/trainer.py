@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -315,58 +315,23 @@ class SparseTrainer:
             progress = tqdm(total=total, initial=self.controller.step_count, desc=self.recipe.name,
                             dynamic_ncols=True, leave=False)
         stop = False
-        micro_per_epoch = self.steps_per_epoch * self.gas
-        epoch = start_epoch
         first_step = self.controller.step_count
         self._save_seconds, train_seconds = 0.0, 0.0
         for epoch in range(start_epoch, epochs):
-            self.train_sampler.set_epoch(epoch)
-            loss_sum, loss_n = torch.zeros((), device=self.device), 0
-            epoch_start, saves_before = time.perf_counter(), self._save_seconds
-            for micro_idx, batch in enumerate(self.train_loader):
-                if micro_idx < skip_batches:
-                    continue
-                if micro_idx >= micro_per_epoch or self.controller.finished:
-                    break
-                self.controller.begin_step()
-                loss = self._loss(batch)
-                self.engine.backward(loss)
-                self.engine.step()
-                loss_sum += loss.detach().float()
-                loss_n += 1
-                if (micro_idx + 1) % self.gas:
-                    continue
-                for callback in self.callbacks:
-                    callback.on_step_end(self)
-                step = self.controller.step_count
-                if progress is not None:
-                    progress.update(1)
-                    if step % 10 == 0:  # .item() waits for the device: not every step
-                        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")
-                at_end_of_epoch = (micro_idx + 1) == micro_per_epoch
-                if self.options.save_every and step % self.options.save_every == 0 and not at_end_of_epoch:
-                    self._save(epoch, micro_idx + 1)
-                if self.options.max_steps is not None and step >= self.options.max_steps:
-                    stop = True
-                    break
+            started, saves_before = time.perf_counter(), self._save_seconds
+            stop, done, loss_sum, loss_n = self._train_epoch(epoch, skip_batches, progress)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            train_seconds += time.perf_counter() - epoch_start - (self._save_seconds - saves_before)
+            train_seconds += time.perf_counter() - started - (self._save_seconds - saves_before)
             skip_batches = 0
-            if stop and micro_idx + 1 == micro_per_epoch:
-                stop_at_epoch_end = True
-            else:
-                stop_at_epoch_end = False
-            finished_epoch = not stop or stop_at_epoch_end
-            if finished_epoch and ((epoch + 1) % self.recipe.training.eval_every == 0 or epoch + 1 == epochs):
+            all_batches = done == self.steps_per_epoch * self.gas
+            # an epoch is over unless max_steps cut it short (the last one may end with the recipe)
+            if (not stop or all_batches) and ((epoch + 1) % self.recipe.training.eval_every == 0 or epoch + 1 == epochs):
                 self._end_of_epoch(epoch, loss_sum, loss_n)
-            if stop:
-                if stop_at_epoch_end:
-                    self._save(epoch + 1, 0)
-                else:
-                    self._save(epoch, micro_idx + 1)
+            if stop:  # a checkpoint to resume from, at the exact data position
+                self._save(*((epoch + 1, 0) if all_batches else (epoch, done)))
                 break
-            if finished_epoch and (self.options.save_every or epoch + 1 == epochs):
+            if self.options.save_every or epoch + 1 == epochs:
                 self._save(epoch + 1, 0)
         if progress is not None:
             progress.close()
@@ -387,6 +352,41 @@ class SparseTrainer:
                 result["exported_to"] = str(self.output_dir / "final_model")
             (self.output_dir / "result.json").write_text(json.dumps(result, indent=2))
         return result
+
+    def _train_epoch(self, epoch: int, skip_batches: int, progress) -> Tuple[bool, int, torch.Tensor, int]:
+        """Micro-batches of one epoch from ``skip_batches`` on (after a resume).
+
+        Returns (stop requested by max_steps, micro-batches of the epoch done, loss sum, count).
+        """
+        self.train_sampler.set_epoch(epoch)
+        micro_per_epoch = self.steps_per_epoch * self.gas
+        loss_sum, loss_n, done = torch.zeros((), device=self.device), 0, skip_batches
+        for micro_idx, batch in enumerate(self.train_loader):
+            if micro_idx < skip_batches:
+                continue
+            if micro_idx >= micro_per_epoch or self.controller.finished:
+                break
+            self.controller.begin_step()
+            loss = self._loss(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float()
+            loss_n += 1
+            done = micro_idx + 1
+            if done % self.gas:
+                continue
+            for callback in self.callbacks:
+                callback.on_step_end(self)
+            step = self.controller.step_count
+            if progress is not None:
+                progress.update(1)
+                if step % 10 == 0:  # .item() waits for the device: not every step
+                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.controller.get_last_lr()[0]:.3g}")
+            if self.options.save_every and step % self.options.save_every == 0 and done < micro_per_epoch:
+                self._save(epoch, done)
+            if self.options.max_steps is not None and step >= self.options.max_steps:
+                return True, done, loss_sum, loss_n
+        return False, done, loss_sum, loss_n
 
     def _end_of_epoch(self, epoch: int, loss_sum: torch.Tensor, loss_n: int) -> None:
         metrics = self.evaluate()

@@ -114,3 +114,10 @@ def test_synthetic_images_report_throughput(tmp_path):
     assert abs(result["sparsity"] - 0.9) < 1e-3
     assert result["train_samples_per_s"] > 0
     assert trainer.task.build_datasets()[0][300][0].shape == (3, 16, 16)
+
+
+def test_fractional_epochs_end_with_an_evaluation(tmp_path):
+    trainer, result = run(tiny_recipe(**{"training.epochs": 1.5}), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == round(1.5 * 11) == 16
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 16
