@@ -11,7 +11,20 @@ from .optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from .pruning import global_magnitude_masks, layerwise_magnitude_masks
 from .recipe import Recipe, load_recipe, parse_recipe
 from .schedules import ACDC, Constant, Dense, Gradual, LRSchedule, OneShot, SparsitySchedule
+from .tasks import Task, build_task
 from .trainer import SparseTrainer, TrainerCallback, TrainerOptions
+from .recipe import dump_recipe
+
+# Hugging Face interop imports transformers: loaded on first use, not with dstrain.
+_LAZY = {"export_sparse_model": "dstrain.hf", "prepare_hf_sparse_training": "dstrain.hf"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dstrain' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -20,4 +33,5 @@ __all__ = [
     "MaskedSGD", "OneShot", "PrunableSelection", "Recipe", "SparseTrainer", "SparsityController",
     "SparsitySchedule", "TrainerCallback", "TrainerOptions", "global_magnitude_masks", "layerwise_magnitude_masks",
     "load_recipe", "masked_adamw", "masked_sgd", "parse_recipe", "select_prunable",
+    "Task", "build_task", "dump_recipe", "export_sparse_model", "prepare_hf_sparse_training",
 ]
