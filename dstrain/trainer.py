@@ -161,12 +161,15 @@ class SparseTrainer:
         self.gas = self.ds_config["gradient_accumulation_steps"]
 
         # Loader workers: the run option wins; otherwise the task's own setting (e.g. ImageNet decoding).
-        workers = self.options.num_workers or int(getattr(getattr(self.task, "config", None), "num_workers", 0))
+        task_config = getattr(self.task, "config", None)
+        workers = self.options.num_workers or int(getattr(task_config, "num_workers", 0))
+        pin = getattr(task_config, "pin_memory", None)
+        pin = self.device.type == "cuda" if pin is None else bool(pin)
         self.train_sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
                                                 shuffle=True, seed=self.recipe.training.seed, drop_last=True)
         self.train_loader = DataLoader(train_set, batch_size=micro, sampler=self.train_sampler, drop_last=True,
                                        collate_fn=self.task.collate_fn, num_workers=workers,
-                                       pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+                                       pin_memory=pin, persistent_workers=workers > 0)
         self.eval_loader = DataLoader(eval_set, batch_size=max(micro, 64),
                                       sampler=_ShardSampler(len(eval_set), self.rank, self.world),
                                       collate_fn=self.task.collate_fn, num_workers=workers)

@@ -121,3 +121,12 @@ def test_fractional_epochs_end_with_an_evaluation(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == round(1.5 * 11) == 16
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 16
+
+
+def test_loader_workers_change_nothing_but_speed(tmp_path):
+    base = {"training.epochs": 1}
+    plain, _ = run(tiny_recipe(**base), tmp_path / "plain")
+    workers, _ = run(tiny_recipe(**base, **{"task.num_workers": 2, "task.pin_memory": False}), tmp_path / "workers")
+    assert workers.train_loader.num_workers == 2 and not workers.train_loader.pin_memory
+    want, got = weights_and_masks(plain), weights_and_masks(workers)
+    assert all(torch.equal(want[k], got[k]) for k in want)

@@ -25,6 +25,7 @@ class ImageTaskConfig(BaseModel):
     channels_last: bool = False
     compile: bool = Field(default=False, description="torch.compile the model through DeepSpeed's engine.compile()")
     num_workers: int = Field(default=0, ge=0)
+    pin_memory: Optional[bool] = Field(default=None, description="page-locked batches; default: on with CUDA")
     synthetic_size: int = Field(default=10_000, gt=0, description="examples per epoch for name: synthetic")
 
 
