@@ -116,6 +116,9 @@ class OptimizerSpec(_Strict):
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     backend: Literal["auto", "torch", "triton"] = "auto"
+    no_weight_decay: List[str] = Field(default_factory=list,
+                                       description="regexes over parameter names trained without weight decay "
+                                                   "(e.g. bias, LayerNorm.weight for BERT)")
 
 
 class LRScheduleSpec(_Strict):

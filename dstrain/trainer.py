@@ -120,13 +120,38 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Recipe, world: int) -> 
     return cfg
 
 
+def parameter_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
+    """One group with the recipe's weight decay, and one without for ``optimizer.no_weight_decay`` matches."""
+    import re
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    patterns = recipe.optimizer.no_weight_decay
+    if not patterns:
+        return [{"params": [p for _, p in named]}]
+    exempt = set()
+    for i, pattern in enumerate(patterns):
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"optimizer.no_weight_decay[{i}]", f"{pattern!r} is not a valid regex ({err})",
+                              "fix the pattern") from None
+        hits = {n for n, _ in named if regex.search(n)}
+        if not hits:
+            raise ConfigError(f"optimizer.no_weight_decay[{i}]", f"pattern {pattern!r} matches no parameter",
+                              f"use a regex over names such as {named[0][0]!r}")
+        exempt |= hits
+    groups = [{"params": [p for n, p in named if n not in exempt]},
+              {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     spec = recipe.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, recipe)
     if spec.name == "sgd":
-        return MaskedSGD(params, lr=spec.lr, momentum=spec.momentum, dampening=spec.dampening,
+        return MaskedSGD(groups, lr=spec.lr, momentum=spec.momentum, dampening=spec.dampening,
                          weight_decay=spec.weight_decay, nesterov=spec.nesterov, backend=spec.backend)
-    return MaskedAdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+    return MaskedAdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
                        weight_decay=spec.weight_decay, backend=spec.backend)
 
 
