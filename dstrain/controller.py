@@ -65,6 +65,9 @@ class SparsityController:
             if self.on_masks_updated is not None:
                 self.on_masks_updated()
         compressed = self.sparsity.is_compressed(step)
+        decompressing = recompute and step > 0 and not compressed and self.sparsity.is_compressed(step - 1)
+        if decompressing and getattr(self.recipe.pruning.schedule, "reset_momentum", False):
+            self.optimizer.reset_momentum()
         if hasattr(self.optimizer, "masking_enabled"):
             self.optimizer.masking_enabled = compressed
         lr = self.lr(step)

@@ -82,6 +82,8 @@ class ACDCSchedule(_Strict):
     compressed: float = Field(gt=0)
     decompressed: float = Field(gt=0)
     final: float = Field(gt=0)
+    reset_momentum: bool = Field(default=False, description="zero the optimizer's momentum when a "
+                                 "decompressed phase starts (the official AC/DC ImageNet runs do)")
     last_decompressed: float = Field(default=0, ge=0,
                                      description="length of one dense phase right before the final one; "
                                                  "0 = keep alternating up to it")

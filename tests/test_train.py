@@ -149,3 +149,30 @@ def test_no_weight_decay_groups_and_errors(tmp_path):
     trainer, result = run(recipe, tmp_path, ds_config={"zero_optimization": {"stage": 2}}, max_steps=5)
     assert len(trainer.client_optimizer.param_groups) == 2 and result["revived"] == 0
     assert trainer.partition_masks.flattened
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_acdc_reset_momentum_at_decompression(reset):
+    from dstrain import MaskRegistry, SparsityController
+    from dstrain.models import SmallResNet
+    from dstrain.trainer import build_optimizer
+
+    recipe = tiny_recipe(**{"pruning.schedule": {"kind": "acdc", "sparsity": 0.9, "warmup": 2, "compressed": 2,
+                                                 "decompressed": 2, "final": 2, "reset_momentum": reset}})
+    torch.manual_seed(0)
+    model = SmallResNet(num_classes=10, in_channels=1, width=8)
+    registry = MaskRegistry(model, recipe.pruning.selection())
+    optimizer = build_optimizer(model, recipe)
+    optimizer.set_mask_source(registry.mask_for)
+    controller = SparsityController(recipe, registry, optimizer, steps_per_epoch=11)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for step in range(4):  # steps 2, 3 compressed; the dense phase starts at step 4
+        controller.begin_step()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        controller.step()
+    buffers = [s["momentum_buffer"] for s in optimizer.state.values()]
+    assert all(b.abs().sum() > 0 for b in buffers)
+    controller.begin_step()
+    assert all(bool((b == 0).all()) == reset for b in buffers)

@@ -43,6 +43,14 @@ class MaskedOptimizerMixin:
         with torch.enable_grad():
             return closure()
 
+    @torch.no_grad()
+    def reset_momentum(self) -> None:
+        """Zero first-moment state (SGD momentum, Adam exp_avg); second moments are kept."""
+        for state in self.state.values():
+            for key in ("momentum_buffer", "exp_avg"):
+                if torch.is_tensor(state.get(key)):
+                    state[key].zero_()
+
     def set_mask_source(self, mask_source: MaskSource) -> None:
         self.mask_source = mask_source
 

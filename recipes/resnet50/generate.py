@@ -79,8 +79,8 @@ ACDC_NOTE = """\
 # Longer runs keep those phase lengths and add cycles, as the official 150/200-epoch configs do
 # (..._s90_ep150.yaml, ..._s90_ep200_unif.yaml).  All convs and the fc layer are pruned (the
 # official module lists include conv1 and fc).
-# Known deviation: the official runs reset the SGD momentum buffer after each decompression
-# (--reset_momentum_after_recycling); dstrain keeps it.
+# As in the official runs (--reset_momentum_after_recycling), the SGD momentum buffer is zeroed
+# at the start of every decompressed phase (reset_momentum: true).
 """
 
 DENSE_NOTE = """\
@@ -129,7 +129,8 @@ def grid():
             pct = round(s * 100)
             pruning = {"scope": "global", "unit": "epoch", "exclude_first_conv": False, "exclude_classifier": False,
                        "schedule": {"kind": "acdc", "sparsity": s, "warmup": 10, "compressed": 5,
-                                    "decompressed": 5, "final": 15, "last_decompressed": 10}}
+                                    "decompressed": 5, "final": 15, "last_decompressed": 10,
+                                    "reset_momentum": True}}
             note = ACDC_NOTE.format(last_dense=f"epochs {epochs - 25}-{epochs - 15}")
             yield (f"acdc{pct}_{epochs}ep",
                    recipe(f"resnet50_acdc{pct}_{epochs}ep",
