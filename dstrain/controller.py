@@ -104,8 +104,11 @@ class SparsityController:
         self.registry.load_state_dict(state["masks"])
         self.step_count = int(state["step_count"])
         self.history = list(state["history"])
-        # A checkpoint taken between step() and begin_step() still owes the mask update.
-        self._pending = False
-        self._prepare(self.step_count, recompute=bool(state.get("pending", False)))
+        # A checkpoint taken between step() and begin_step() still owes the next step's set-up
+        # (mask update, momentum reset): leave it to begin_step(), after DeepSpeed has also
+        # restored the optimizer state, which it may do after this call (ZeRO partitions).
+        self._pending = bool(state.get("pending", False))
+        if not self._pending:
+            self._prepare(self.step_count, recompute=False)
         if self.on_masks_updated is not None:
             self.on_masks_updated()

@@ -14,7 +14,7 @@ import yaml
 
 from dstrain import ConfigError
 from dstrain import checkpoint as ckpt
-from helpers import TINY, run, subprocess_env, tiny_recipe
+from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,3 +121,18 @@ def test_zero3_and_changed_zero_layout_are_refused(tmp_path):
     marker.write_text(json.dumps(dict(layout, zero_stage=2, world_size=4)))
     with pytest.raises(ConfigError, match="written with ZeRO stage 2"):
         run(tiny_recipe(), tmp_path / "a", resume="auto")
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_resume_at_an_acdc_boundary_with_momentum_reset(tmp_path, stage):
+    """Stopped right before a decompression (pending set-up), resumed: same as never stopped."""
+    recipe = tiny_recipe(**{"pruning.schedule": {"kind": "acdc", "sparsity": 0.9, "warmup": 3, "compressed": 6,
+                                                 "decompressed": 4, "final": 6, "reset_momentum": True}})
+    ds_config = {"zero_optimization": {"stage": stage}}
+    full, _ = run(recipe, tmp_path / "full", ds_config=ds_config)
+    _, half = run(recipe, tmp_path / "split", ds_config=ds_config, max_steps=9)  # step 9 decompresses
+    assert half["steps"] == 9
+    resumed, _ = run(recipe, tmp_path / "split", ds_config=ds_config, resume="auto")
+    want, got = weights_and_masks(full), weights_and_masks(resumed)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
