@@ -217,6 +217,15 @@ def dump_recipe(data: Dict[str, Any], comments: str = "") -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def write_recipe(path: Union[str, Path], data: Dict[str, Any], comments: str = "") -> Recipe:
+    """Write :func:`dump_recipe` output and prove it: it must read back equal and validate."""
+    path = Path(path)
+    path.write_text(dump_recipe(data, comments))
+    if yaml.safe_load(path.read_text()) != data:
+        raise ValueError(f"{path} does not round-trip through YAML")
+    return load_recipe(path)
+
+
 def _converter(unit: str, steps_per_epoch: int):
     if unit == "step":
         return lambda v: int(v)

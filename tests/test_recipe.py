@@ -94,11 +94,9 @@ def test_cli_reports_bad_recipe_without_traceback(tmp_path):
 
 
 def test_dump_recipe_round_trips(tmp_path):
-    from dstrain.recipe import dump_recipe
+    from dstrain.recipe import write_recipe
 
     recipe = load_recipe(REPO / "recipes" / "digits_gmp90.yaml")
-    text = dump_recipe(recipe.model_dump(), "# a comment\n")
-    assert text.startswith("# a comment\nname: digits_gmp90\n")
     path = tmp_path / "r.yaml"
-    path.write_text(text)
-    assert load_recipe(path) == recipe
+    assert write_recipe(path, recipe.model_dump(), "# a comment\n") == recipe
+    assert path.read_text().startswith("# a comment\nname: digits_gmp90\n")

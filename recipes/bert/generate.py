@@ -14,10 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from dstrain.recipe import dump_recipe  # noqa: E402
+from dstrain.recipe import write_recipe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPARSITIES = (0.80, 0.90, 0.97)
@@ -114,9 +113,6 @@ def gmp(sparsity: float, epochs: int) -> dict:
     }
 
 
-def render(data: dict, note: str) -> str:
-    return dump_recipe(data, HEADER + "\n" + note + "\n")
-
 
 def grid():
     yield "mnli_dense_3ep", dense(), DENSE_NOTE
@@ -127,13 +123,9 @@ def grid():
 
 
 def main() -> None:
-    from dstrain import load_recipe
-
     for stem, data, note in grid():
         path = HERE / f"{stem}.yaml"
-        path.write_text(render(data, note))
-        assert yaml.safe_load(path.read_text()) == data, f"{path} does not round-trip"
-        load_recipe(path)  # the schema accepts it
+        write_recipe(path, data, HEADER + "\n" + note + "\n")  # checks round-trip and schema
         print(path.relative_to(HERE.parent.parent))
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from dstrain.recipe import dump_recipe  # noqa: E402
+from dstrain.recipe import write_recipe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BASE_EPOCHS = 100
@@ -106,9 +105,6 @@ def recipe(name: str, description: str, epochs: int, pruning: dict | None) -> di
     return data
 
 
-def render(data: dict, note: str) -> str:
-    return dump_recipe(data, HEADER + "\n" + note + "\n")
-
 
 def grid():
     for mult, length in LENGTHS.items():
@@ -139,13 +135,9 @@ def grid():
 
 
 def main() -> None:
-    from dstrain import load_recipe
-
     for stem, data, note in grid():
         path = HERE / f"{stem}.yaml"
-        path.write_text(render(data, note))
-        assert yaml.safe_load(path.read_text()) == data, f"{path} does not round-trip"
-        load_recipe(path)  # the schema accepts it
+        write_recipe(path, data, HEADER + "\n" + note + "\n")  # checks round-trip and schema
         print(path.relative_to(HERE.parent.parent))
 
 
