@@ -7,6 +7,7 @@ naming the field (``pruning.schedule.end``) and what to do about it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -221,7 +222,7 @@ def write_recipe(path: Union[str, Path], data: Dict[str, Any], comments: str = "
     """Write :func:`dump_recipe` output and prove it: it must read back equal and validate."""
     path = Path(path)
     path.write_text(dump_recipe(data, comments))
-    if yaml.safe_load(path.read_text()) != data:
+    if yaml.safe_load(path.read_text()) != json.loads(json.dumps(data)):  # tuples come back as lists
         raise ValueError(f"{path} does not round-trip through YAML")
     return load_recipe(path)
 
