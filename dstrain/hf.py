@@ -186,11 +186,6 @@ def _unwrap_scheduler(scheduler: Any) -> Any:
     return scheduler
 
 
-def _masks_follow_params(registry: "MaskRegistry") -> None:
-    """Trainer moves the model to its device after the registry was built: move the masks too."""
-    registry.follow_param_devices()
-
-
 class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
     """Drives a :class:`~dstrain.controller.SparsityController` from ``transformers.Trainer``.
 
@@ -256,7 +251,7 @@ class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
         if ctl.step_count != state.global_step:
             raise ConfigError("resume_from_checkpoint", f"the recipe is at step {ctl.step_count} but the Trainer at "
                               f"{state.global_step}", "resume from a checkpoint saved with this callback")
-        _masks_follow_params(self.registry)
+        self.registry.follow_param_devices()  # the Trainer moved the model after the registry was built
         self.lr_scheduler.consume_applied()
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
