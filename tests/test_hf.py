@@ -266,3 +266,30 @@ def test_shipped_bert_recipes_prune_only_encoder_linears(tiny_dir):
     for path in paths:
         recipe = load_recipe(path)
         assert sorted(select_prunable(model, recipe.pruning.selection())) == sorted(expected), path.name
+
+
+def test_hf_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_dir, data_dir, tmp_path):
+    """HF checkpoints carry the recipe (masks, clock) in the scheduler state; a resumed run ends identical."""
+    from transformers import TrainerCallback as HFCallback
+
+    recipe = _recipe(tiny_dir, data_dir)
+    steps_per_epoch = N_TRAIN // BATCH
+
+    class EpochFromStep(HFCallback):  # sample order for the epoch HF is in, also after a resume
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            trainer.sampler.set_epoch(state.global_step // steps_per_epoch)
+
+    trainer, full, _ = _hf_trainer(recipe, tmp_path / "full", [EpochFromStep()])
+    trainer.args.save_strategy, trainer.args.save_steps = "steps", 7
+    trainer.train()
+    checkpoint = tmp_path / "full" / "checkpoint-7"
+    assert checkpoint.is_dir()
+
+    trainer, resumed, _ = _hf_trainer(recipe, tmp_path / "resumed", [EpochFromStep()])
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.controller.step_count == full.controller.step_count == 18
+    assert resumed.controller.history == full.controller.history
+    for name in full.registry.names():
+        assert torch.equal(full.registry.masks[name], resumed.registry.masks[name]), name
+    for (name, a), (_, b) in zip(full.registry.model.named_parameters(), resumed.registry.model.named_parameters()):
+        assert torch.equal(a, b), name
