@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import Tensor, nn
@@ -44,32 +44,35 @@ def _default_candidates(model: nn.Module, selection: PrunableSelection) -> List[
     return [f"{name}.weight" if name else "weight" for name, _ in modules if name not in skip]
 
 
+def match_parameter_names(names: Sequence[str], patterns: Sequence[str], field: str) -> Set[str]:
+    """Names matched by any of ``patterns`` (regex search).
+
+    Each pattern must compile and match at least one name: a recipe pattern that
+    matches nothing is almost always a typo, so it stops the run naming ``field[i]``.
+    """
+    matched: Set[str] = set()
+    for i, pattern in enumerate(patterns):
+        regex = _compile(pattern, f"{field}[{i}]")
+        hits = {n for n in names if regex.search(n)}
+        if not hits:
+            raise ConfigError(f"{field}[{i}]", f"pattern {pattern!r} matches no parameter of the model",
+                              f"use a regex over names such as {_examples(names)}")
+        matched |= hits
+    return matched
+
+
 def select_prunable(model: nn.Module, selection: PrunableSelection) -> Dict[str, nn.Parameter]:
     """Names -> parameters to prune, in ``named_parameters`` order (the tie-break order)."""
     params = dict(model.named_parameters())
+    prefix = selection.field_prefix
     if selection.include:
-        chosen = set()
-        for i, pattern in enumerate(selection.include):
-            regex = _compile(pattern, f"{selection.field_prefix}.include[{i}]")
-            hits = {n for n in params if regex.search(n)}
-            if not hits:
-                raise ConfigError(f"{selection.field_prefix}.include[{i}]",
-                                  f"pattern {pattern!r} matches no parameter of the model",
-                                  f"use a regex over names such as {_examples(params)}")
-            chosen |= hits
+        chosen = match_parameter_names(list(params), selection.include, f"{prefix}.include")
     else:
         chosen = set(_default_candidates(model, selection))
-    for i, pattern in enumerate(selection.exclude):
-        regex = _compile(pattern, f"{selection.field_prefix}.exclude[{i}]")
-        hits = {n for n in params if regex.search(n)}
-        if not hits:
-            raise ConfigError(f"{selection.field_prefix}.exclude[{i}]",
-                              f"pattern {pattern!r} matches no parameter of the model",
-                              f"use a regex over names such as {_examples(params)}")
-        chosen -= hits
+    chosen -= match_parameter_names(list(params), selection.exclude, f"{prefix}.exclude")
     selected = {n: p for n, p in params.items() if n in chosen}
     if not selected:
-        raise ConfigError(f"{selection.field_prefix}.include",
+        raise ConfigError(f"{prefix}.include",
                           "no prunable parameter is left after include/exclude",
                           "widen pruning.include or narrow pruning.exclude")
     return selected
@@ -82,9 +85,8 @@ def _compile(pattern: str, field_name: str) -> re.Pattern:
         raise ConfigError(field_name, f"{pattern!r} is not a valid regex ({err})", "fix the pattern") from None
 
 
-def _examples(params: Dict[str, Tensor]) -> str:
-    names = list(params)[:3]
-    return ", ".join(repr(n) for n in names) + (", ..." if len(params) > 3 else "")
+def _examples(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 class MaskRegistry:
