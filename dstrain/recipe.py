@@ -259,10 +259,10 @@ def _check_lengths(recipe: Recipe, source: str) -> None:
     """Cross-section checks (schedule vs training length), reported against the field to change."""
     sched, epochs = recipe.pruning.schedule, recipe.training.epochs
     if recipe.pruning.unit == "epoch":
-        last = {"gmp": getattr(sched, "end", 0), "oneshot": getattr(sched, "at", 0)}.get(sched.kind, 0)
-        if last > epochs:
-            field = "end" if sched.kind == "gmp" else "at"
-            raise ConfigError(f"{source}: pruning.schedule.{field}", f"epoch {last:g} is after training.epochs ({epochs:g})",
+        field = {"gmp": "end", "oneshot": "at"}.get(sched.kind)  # the schedule's last event
+        if field and getattr(sched, field) > epochs:
+            raise ConfigError(f"{source}: pruning.schedule.{field}",
+                              f"epoch {getattr(sched, field):g} is after training.epochs ({epochs:g})",
                               "shorten the schedule or train longer")
         if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > epochs:
             raise ConfigError(f"{source}: pruning.schedule",

@@ -73,9 +73,8 @@ class PartitionMasks:
         self.registry = registry
         self.partitions: Dict[int, _Partition] = {}
         # Unfused wrappers keep one fp32 master per parameter: same shape, so the same mask.
-        self.master_to_param: Dict[int, Tensor] = {
-            id(master): param for master, param in _per_param_masters(engine_optimizer)}
-        self._masters_by_id = {id(m): m for m, _ in _per_param_masters(engine_optimizer)}
+        self.per_param_masters = _per_param_masters(engine_optimizer)
+        self.master_to_param: Dict[int, Tensor] = {id(master): param for master, param in self.per_param_masters}
         for master, flat, view in _partitions_of(engine_optimizer):
             mask = torch.ones(master.shape, dtype=torch.bool, device=master.device)
             self.partitions[id(master)] = _Partition(master, flat, view, mask)
@@ -114,8 +113,8 @@ class PartitionMasks:
     def masters_and_masks(self) -> List[tuple]:
         """(fp32 master, mask) for every master copy that has a mask."""
         pairs = [(p.master, p.mask) for p in self.partitions.values() if p.prunable]
-        for master_id, param in self.master_to_param.items():
+        for master, param in self.per_param_masters:
             mask = self.registry.mask_for(param)
             if mask is not None:
-                pairs.append((self._masters_by_id[master_id], mask))
+                pairs.append((master, mask))
         return pairs
