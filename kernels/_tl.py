@@ -1,4 +1,16 @@
-"""Small ``@triton.jit`` helpers shared by the optimizer kernels."""
+"""Small ``@triton.jit`` helpers shared by the kernels.
+
+Why the loads go through ``typed_ptr``/``load_block``: every multi-tensor kernel
+gets its tensors as raw int64 addresses, so the compiler knows nothing about their
+alignment, and a ``mask=offs < end`` with an unknown ``end`` has no known constancy
+either.  Either unknown makes Triton fall back to one 32-bit load per element.  The
+kernels therefore walk each chunk in full blocks loaded *without* a mask, then one
+masked tail block, and tell the compiler what the host has checked: the block
+offset is a multiple of 16 elements (chunks start at multiples of CHUNK, a multiple
+of BLOCK) and, when ``ALIGNED``, every base address is a multiple of 16 bytes
+(:func:`kernels.multi_tensor.is_aligned`).  With both, full blocks compile to
+128-bit loads and stores (``tests/test_kernels_compile.py`` checks the PTX).
+"""
 from __future__ import annotations
 
 import torch
@@ -7,6 +19,9 @@ import triton.language as tl
 
 GRAD_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 """Gradient dtype -> the GRAD_KIND constexpr (pointer element type chosen at compile time)."""
+
+ALIGN_BYTES = 16
+"""Base-address alignment the ``ALIGNED`` kernels assume: one 128-bit vector."""
 
 
 @triton.jit
@@ -27,23 +42,69 @@ def fma(a, b, c, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def load_grad(addr, offs, inb, GRAD_KIND: tl.constexpr):
-    """Load a gradient block through a raw address and upcast it to fp32."""
-    if GRAD_KIND == 0:
-        g = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=inb, other=0.0)
-    elif GRAD_KIND == 1:
-        g = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=inb, other=0.0).to(tl.float32)
-    else:
-        g = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=inb, other=0.0).to(tl.float32)
-    return g
+def typed_ptr(addr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """A raw int64 address as a ``DTYPE`` pointer, declared 16-byte aligned when the host checked it."""
+    ptr = addr.to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
-def load_keep(addr, offs, inb, MASK_KIND: tl.constexpr):
-    """Which elements survive: byte mask (MASK_KIND 1) or packed int32 bitmask (MASK_KIND 2)."""
-    if MASK_KIND == 1:
-        keep = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=inb, other=0) != 0
+def grad_ptr(addr, GRAD_KIND: tl.constexpr, ALIGNED: tl.constexpr):
+    """The gradient's pointer; its element type (fp32/bf16/fp16) is the GRAD_KIND constexpr."""
+    if GRAD_KIND == 0:
+        ptr = typed_ptr(addr, tl.float32, ALIGNED)
+    elif GRAD_KIND == 1:
+        ptr = typed_ptr(addr, tl.bfloat16, ALIGNED)
     else:
-        words = tl.load(addr.to(tl.pointer_type(tl.int32)) + (offs >> 5), mask=inb, other=0)
+        ptr = typed_ptr(addr, tl.float16, ALIGNED)
+    return ptr
+
+
+@triton.jit
+def mask_ptr(addr, MASK_KIND: tl.constexpr, ALIGNED: tl.constexpr):
+    """Byte mask (MASK_KIND 1: uint8 elements) or packed bitmask (MASK_KIND 2: int32 words)."""
+    if MASK_KIND == 2:
+        ptr = typed_ptr(addr, tl.int32, ALIGNED)
+    else:
+        ptr = typed_ptr(addr, tl.uint8, ALIGNED)
+    return ptr
+
+
+@triton.jit
+def block_offsets(off, BLOCK: tl.constexpr):
+    """``off + [0, BLOCK)``; callers guarantee ``off`` is a multiple of BLOCK (hence of 16)."""
+    return tl.multiple_of(off + tl.arange(0, BLOCK), 16)
+
+
+@triton.jit
+def load_block(ptr, offs, end, MASKED: tl.constexpr):
+    """``ptr[offs]``; only the tail block (MASKED) pays for a bounds mask."""
+    if MASKED:
+        x = tl.load(ptr + offs, mask=offs < end, other=0)
+    else:
+        x = tl.load(ptr + offs)
+    return x
+
+
+@triton.jit
+def store_block(ptr, offs, end, x, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + offs, x, mask=offs < end)
+    else:
+        tl.store(ptr + offs, x)
+
+
+@triton.jit
+def load_keep(ptr, offs, end, MASK_KIND: tl.constexpr, MASKED: tl.constexpr):
+    """Which elements survive, from a ``mask_ptr`` pointer."""
+    if MASK_KIND == 1:
+        keep = load_block(ptr, offs, end, MASKED) != 0
+    else:
+        if MASKED:
+            words = tl.load(ptr + (offs >> 5), mask=offs < end, other=0)
+        else:
+            words = tl.load(ptr + (offs >> 5))
         keep = ((words >> (offs & 31).to(tl.int32)) & 1) != 0
     return keep

@@ -25,14 +25,50 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import _runtime
-from ._tl import GRAD_KINDS, fma, load_grad, load_keep
+from ._tl import (GRAD_KINDS, block_offsets, fma, grad_ptr, load_block, load_keep, mask_ptr, store_block,
+                  typed_ptr)
 from .bitmask import Mask, mask_kind, mask_storage
-from .multi_tensor import build_work_list, group_indices
+from .multi_tensor import build_work_list, group_indices, is_aligned
 from .validate import GRAD_DTYPES, check_lengths, check_like, check_mask, check_param
+
+
+@triton.jit
+def _adamw_block(offs, end, p_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, ss, bc2, inv_bc2,
+                 decay, lerp_coeff, beta2, one_minus_beta2, eps,
+                 MASK_KIND: tl.constexpr, LERP_SMALL: tl.constexpr, MAXIMIZE: tl.constexpr,
+                 CUDA_ORDER: tl.constexpr, EMULATE_FMA: tl.constexpr, MASKED: tl.constexpr):
+    """The update of one block of elements; MASKED only for a chunk's last, partial block."""
+    p = load_block(p_ptr, offs, end, MASKED)
+    m = load_block(m_ptr, offs, end, MASKED)
+    v = load_block(v_ptr, offs, end, MASKED)
+    g = load_block(g_ptr, offs, end, MASKED).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    p = p * decay  # param.mul_(1 - lr * wd)
+    if LERP_SMALL:  # exp_avg.lerp_(grad, 1 - beta1), torch's two-branch lerp
+        m = fma(lerp_coeff, g - m, m, EMULATE_FMA)
+    else:
+        m = fma(lerp_coeff, g - m, g, EMULATE_FMA)
+    v = fma(g * one_minus_beta2, g, v * beta2, EMULATE_FMA)  # mul_(b2).addcmul_(g, g, 1-b2)
+    if CUDA_ORDER:
+        denom = tl.sqrt_rn(v) * inv_bc2 + eps
+        p = fma(ss, tl.div_rn(m, denom), p, EMULATE_FMA)
+    else:
+        denom = tl.div_rn(tl.sqrt_rn(v), tl.cast(bc2, tl.float32)) + eps
+        p = p + tl.div_rn(ss * m, denom)
+    if MASK_KIND != 0:
+        keep = load_keep(keep_ptr, offs, end, MASK_KIND, MASKED)
+        p = tl.where(keep, p, 0.0)
+        m = tl.where(keep, m, 0.0)
+        v = tl.where(keep, v, 0.0)
+    store_block(p_ptr, offs, end, p, MASKED)
+    store_block(m_ptr, offs, end, m, MASKED)
+    store_block(v_ptr, offs, end, v, MASKED)
 
 
 def _masked_adamw_kernel(
@@ -40,58 +76,38 @@ def _masked_adamw_kernel(
     decay, lerp_coeff, beta2, one_minus_beta2, eps, neg_step_size, bc2_sqrt, tune_key,
     CHUNK: tl.constexpr, GRAD_KIND: tl.constexpr, MASK_KIND: tl.constexpr, LERP_SMALL: tl.constexpr,
     PER_TENSOR_STEP: tl.constexpr, MAXIMIZE: tl.constexpr, CUDA_ORDER: tl.constexpr,
-    EMULATE_FMA: tl.constexpr, BLOCK: tl.constexpr,
+    EMULATE_FMA: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One program per work item (a CHUNK of one tensor), stepping through it BLOCK elements at a time."""
+    """One program per work item (a CHUNK of one tensor): full BLOCKs unmasked, then the tail."""
     w = tl.program_id(0)
     tid = tl.load(work_tid + w)
     start = tl.load(work_start + w)
     end = tl.minimum(start + CHUNK, tl.load(numels + tid))
-    p_ptr = tl.load(p_tab + tid).to(tl.pointer_type(tl.float32))
-    m_ptr = tl.load(m_tab + tid).to(tl.pointer_type(tl.float32))
-    v_ptr = tl.load(v_tab + tid).to(tl.pointer_type(tl.float32))
-    g_addr = tl.load(g_tab + tid)
-    mask_addr = g_addr
+    p_ptr = typed_ptr(tl.load(p_tab + tid), tl.float32, ALIGNED)
+    m_ptr = typed_ptr(tl.load(m_tab + tid), tl.float32, ALIGNED)
+    v_ptr = typed_ptr(tl.load(v_tab + tid), tl.float32, ALIGNED)
+    g_ptr = grad_ptr(tl.load(g_tab + tid), GRAD_KIND, ALIGNED)
+    keep_ptr = mask_ptr(tl.load(p_tab + tid), MASK_KIND, ALIGNED)  # unused when dense
     if MASK_KIND != 0:
-        mask_addr = tl.load(mask_tab + tid)
+        keep_ptr = mask_ptr(tl.load(mask_tab + tid), MASK_KIND, ALIGNED)
     ss = neg_step_size
     bc2 = bc2_sqrt
     if PER_TENSOR_STEP:  # tensors at different step counts: per-tensor scalars from tables
         ss = tl.load(neg_ss_tab + tid)
         bc2 = tl.load(bc2_tab + tid)
     inv_bc2 = tl.div_rn(tl.cast(1.0, tl.float32), tl.cast(bc2, tl.float32))
-    for off in range(start, end, BLOCK):
-        offs = off + tl.arange(0, BLOCK)
-        inb = offs < end
-        p = tl.load(p_ptr + offs, mask=inb, other=0.0)
-        m = tl.load(m_ptr + offs, mask=inb, other=0.0)
-        v = tl.load(v_ptr + offs, mask=inb, other=0.0)
-        g = load_grad(g_addr, offs, inb, GRAD_KIND)
-        if MAXIMIZE:
-            g = -g
-        p = p * decay  # param.mul_(1 - lr * wd)
-        if LERP_SMALL:  # exp_avg.lerp_(grad, 1 - beta1), torch's two-branch lerp
-            m = fma(lerp_coeff, g - m, m, EMULATE_FMA)
-        else:
-            m = fma(lerp_coeff, g - m, g, EMULATE_FMA)
-        v = fma(g * one_minus_beta2, g, v * beta2, EMULATE_FMA)  # mul_(b2).addcmul_(g, g, 1-b2)
-        if CUDA_ORDER:
-            denom = tl.sqrt_rn(v) * inv_bc2 + eps
-            p = fma(ss, tl.div_rn(m, denom), p, EMULATE_FMA)
-        else:
-            denom = tl.div_rn(tl.sqrt_rn(v), tl.cast(bc2, tl.float32)) + eps
-            p = p + tl.div_rn(ss * m, denom)
-        if MASK_KIND != 0:
-            keep = load_keep(mask_addr, offs, inb, MASK_KIND)
-            p = tl.where(keep, p, 0.0)
-            m = tl.where(keep, m, 0.0)
-            v = tl.where(keep, v, 0.0)
-        tl.store(p_ptr + offs, p, mask=inb)
-        tl.store(m_ptr + offs, m, mask=inb)
-        tl.store(v_ptr + offs, v, mask=inb)
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):
+        _adamw_block(block_offsets(off, BLOCK), end, p_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, ss, bc2, inv_bc2,
+                     decay, lerp_coeff, beta2, one_minus_beta2, eps,
+                     MASK_KIND, LERP_SMALL, MAXIMIZE, CUDA_ORDER, EMULATE_FMA, False)
+    for off in range(full_end, end, BLOCK):
+        _adamw_block(block_offsets(off, BLOCK), end, p_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, ss, bc2, inv_bc2,
+                     decay, lerp_coeff, beta2, one_minus_beta2, eps,
+                     MASK_KIND, LERP_SMALL, MAXIMIZE, CUDA_ORDER, EMULATE_FMA, True)
 
 
-_kernel = _runtime.jit_tuned(_masked_adamw_kernel, key=["tune_key", "GRAD_KIND", "MASK_KIND"])
+_kernel = _runtime.jit_tuned(_masked_adamw_kernel, key=["tune_key", "GRAD_KIND", "MASK_KIND", "ALIGNED"])
 
 
 def _step_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple:
@@ -149,9 +165,11 @@ def fused_masked_adamw(
     beta2 = float(beta2)
     one_minus_beta2 = 1 - beta2
 
-    keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i])) for i, p in enumerate(params)]
+    keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i]),
+             is_aligned([p, grads[i], exp_avgs[i], exp_avg_sqs[i], mask_storage(masks[i])]))
+            for i, p in enumerate(params)]
     chunk = _runtime.chunk_size()
-    for (device, grad_kind, m_kind), idx in group_indices(keys).items():
+    for (device, grad_kind, m_kind, aligned), idx in group_indices(keys).items():
         numels = [params[i].numel() for i in idx]
         if sum(numels) == 0:
             continue
@@ -175,7 +193,7 @@ def fused_masked_adamw(
         tune_key = _runtime.tune_bucket(sum(numels))
         flags = dict(CHUNK=chunk, GRAD_KIND=grad_kind, MASK_KIND=m_kind, LERP_SMALL=lerp_small,
                      PER_TENSOR_STEP=per_tensor, MAXIMIZE=bool(maximize), CUDA_ORDER=use_cuda_order,
-                     EMULATE_FMA=_runtime.INTERPRET, **_runtime.block_kwargs())
+                     EMULATE_FMA=_runtime.INTERPRET, ALIGNED=aligned, **_runtime.block_kwargs())
         scalars = (decay, lerp_coeff, beta2, one_minus_beta2, eps, neg_ss, bc2, tune_key)
 
         def launch(scratch: bool, roles=roles, numels=numels, device=device, flags=flags, scalars=scalars,
@@ -186,4 +204,4 @@ def fused_masked_adamw(
             _kernel[(wl.n_work,)](wl.work_tid, wl.work_start, wl.numels, *wl.tables, neg_ss_tab, bc2_tab,
                                   *scalars, **flags)
 
-        _runtime.launch_tuned(("adamw", str(device), tune_key, grad_kind, m_kind), launch)
+        _runtime.launch_tuned(("adamw", str(device), tune_key, grad_kind, m_kind, aligned), launch)

@@ -12,14 +12,47 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
+import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import _runtime
-from ._tl import GRAD_KINDS, fma, load_grad, load_keep
+from ._tl import (GRAD_KINDS, block_offsets, fma, grad_ptr, load_block, load_keep, mask_ptr, store_block,
+                  typed_ptr)
 from .bitmask import Mask, mask_kind, mask_storage
-from .multi_tensor import build_work_list, group_indices
+from .multi_tensor import build_work_list, group_indices, is_aligned
 from .validate import GRAD_DTYPES, check_lengths, check_like, check_mask, check_param
+
+
+@triton.jit
+def _sgd_block(offs, end, p_ptr, g_ptr, b_ptr, keep_ptr, neg_lr, momentum, one_minus_damp, weight_decay,
+               MASK_KIND: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr,
+               NESTEROV: tl.constexpr, HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr,
+               EMULATE_FMA: tl.constexpr, MASKED: tl.constexpr):
+    """The update of one block of elements; MASKED only for a chunk's last, partial block."""
+    p = load_block(p_ptr, offs, end, MASKED)
+    g = load_block(g_ptr, offs, end, MASKED).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = fma(p, weight_decay, g, EMULATE_FMA)  # grad.add(param, alpha=wd)
+    buf = g
+    if HAS_MOMENTUM:
+        if not FIRST_STEP:  # first step: buf = clone(grad), as torch does
+            buf = load_block(b_ptr, offs, end, MASKED)
+            buf = fma(g, one_minus_damp, buf * momentum, EMULATE_FMA)  # mul_(m).add_(g, alpha=1-d)
+        if NESTEROV:
+            g = fma(buf, momentum, g, EMULATE_FMA)  # grad.add(buf, alpha=momentum)
+        else:
+            g = buf
+    p = fma(g, neg_lr, p, EMULATE_FMA)  # param.add_(grad, alpha=-lr)
+    if MASK_KIND != 0:
+        keep = load_keep(keep_ptr, offs, end, MASK_KIND, MASKED)
+        p = tl.where(keep, p, 0.0)
+        buf = tl.where(keep, buf, 0.0)
+    store_block(p_ptr, offs, end, p, MASKED)
+    if HAS_MOMENTUM:
+        store_block(b_ptr, offs, end, buf, MASKED)
 
 
 def _masked_sgd_kernel(
@@ -28,50 +61,33 @@ def _masked_sgd_kernel(
     CHUNK: tl.constexpr, GRAD_KIND: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr, NESTEROV: tl.constexpr,
     HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr, EMULATE_FMA: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One program per work item (a CHUNK of one tensor), stepping through it BLOCK elements at a time."""
+    """One program per work item (a CHUNK of one tensor): full BLOCKs unmasked, then the tail."""
     w = tl.program_id(0)
     tid = tl.load(work_tid + w)
     start = tl.load(work_start + w)
     end = tl.minimum(start + CHUNK, tl.load(numels + tid))
-    p_ptr = tl.load(p_tab + tid).to(tl.pointer_type(tl.float32))
-    g_addr = tl.load(g_tab + tid)
+    p_ptr = typed_ptr(tl.load(p_tab + tid), tl.float32, ALIGNED)
+    g_ptr = grad_ptr(tl.load(g_tab + tid), GRAD_KIND, ALIGNED)
     b_ptr = p_ptr
     if HAS_MOMENTUM:
-        b_ptr = tl.load(b_tab + tid).to(tl.pointer_type(tl.float32))
-    m_addr = g_addr
+        b_ptr = typed_ptr(tl.load(b_tab + tid), tl.float32, ALIGNED)
+    keep_ptr = mask_ptr(tl.load(p_tab + tid), MASK_KIND, ALIGNED)  # unused when dense
     if MASK_KIND != 0:
-        m_addr = tl.load(m_tab + tid)
-    for off in range(start, end, BLOCK):
-        offs = off + tl.arange(0, BLOCK)
-        inb = offs < end
-        p = tl.load(p_ptr + offs, mask=inb, other=0.0)
-        g = load_grad(g_addr, offs, inb, GRAD_KIND)
-        if MAXIMIZE:
-            g = -g
-        if HAS_WD:
-            g = fma(p, weight_decay, g, EMULATE_FMA)  # grad.add(param, alpha=wd)
-        buf = g
-        if HAS_MOMENTUM:
-            if not FIRST_STEP:  # first step: buf = clone(grad), as torch does
-                buf = tl.load(b_ptr + offs, mask=inb, other=0.0)
-                buf = fma(g, one_minus_damp, buf * momentum, EMULATE_FMA)  # mul_(m).add_(g, alpha=1-d)
-            if NESTEROV:
-                g = fma(buf, momentum, g, EMULATE_FMA)  # grad.add(buf, alpha=momentum)
-            else:
-                g = buf
-        p = fma(g, neg_lr, p, EMULATE_FMA)  # param.add_(grad, alpha=-lr)
-        if MASK_KIND != 0:
-            keep = load_keep(m_addr, offs, inb, MASK_KIND)
-            p = tl.where(keep, p, 0.0)
-            buf = tl.where(keep, buf, 0.0)
-        tl.store(p_ptr + offs, p, mask=inb)
-        if HAS_MOMENTUM:
-            tl.store(b_ptr + offs, buf, mask=inb)
+        keep_ptr = mask_ptr(tl.load(m_tab + tid), MASK_KIND, ALIGNED)
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):
+        _sgd_block(block_offsets(off, BLOCK), end, p_ptr, g_ptr, b_ptr, keep_ptr, neg_lr, momentum,
+                   one_minus_damp, weight_decay, MASK_KIND, HAS_MOMENTUM, FIRST_STEP, NESTEROV, HAS_WD,
+                   MAXIMIZE, EMULATE_FMA, False)
+    for off in range(full_end, end, BLOCK):
+        _sgd_block(block_offsets(off, BLOCK), end, p_ptr, g_ptr, b_ptr, keep_ptr, neg_lr, momentum,
+                   one_minus_damp, weight_decay, MASK_KIND, HAS_MOMENTUM, FIRST_STEP, NESTEROV, HAS_WD,
+                   MAXIMIZE, EMULATE_FMA, True)
 
 
-_kernel = _runtime.jit_tuned(_masked_sgd_kernel, key=["tune_key", "GRAD_KIND", "MASK_KIND"])
+_kernel = _runtime.jit_tuned(_masked_sgd_kernel, key=["tune_key", "GRAD_KIND", "MASK_KIND", "ALIGNED"])
 
 
 def fused_masked_sgd(
@@ -95,7 +111,7 @@ def fused_masked_sgd(
     is a bool/uint8 tensor shaped like its parameter, a :class:`~kernels.bitmask.BitMask`,
     or ``None`` (dense).  Masked-out elements come out exactly 0 in the parameter and
     its momentum buffer.  One launch per distinct (device, grad dtype, mask format,
-    first-step) combination, usually one or two.
+    first-step, 16-byte alignment) combination, usually one or two.
 
     Raises ValueError (before touching anything) for non-contiguous tensors and
     dtype/shape/device mismatches.
@@ -117,9 +133,11 @@ def fused_masked_sgd(
                 momentum_buffers[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
                 first[i] = True
 
-    keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i]), first[i]) for i, p in enumerate(params)]
+    keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i]), first[i],
+             is_aligned([p, grads[i], momentum_buffers[i] if has_momentum else None, mask_storage(masks[i])]))
+            for i, p in enumerate(params)]
     chunk = _runtime.chunk_size()
-    for (device, grad_kind, m_kind, first_step), idx in group_indices(keys).items():
+    for (device, grad_kind, m_kind, first_step, aligned), idx in group_indices(keys).items():
         roles = [
             [params[i] for i in idx],
             [grads[i] for i in idx],
@@ -132,7 +150,8 @@ def fused_masked_sgd(
         tune_key = _runtime.tune_bucket(sum(numels))
         flags = dict(CHUNK=chunk, GRAD_KIND=grad_kind, MASK_KIND=m_kind, HAS_MOMENTUM=has_momentum,
                      FIRST_STEP=first_step, NESTEROV=bool(nesterov), HAS_WD=weight_decay != 0,
-                     MAXIMIZE=bool(maximize), EMULATE_FMA=_runtime.INTERPRET, **_runtime.block_kwargs())
+                     MAXIMIZE=bool(maximize), EMULATE_FMA=_runtime.INTERPRET, ALIGNED=aligned,
+                     **_runtime.block_kwargs())
 
         def launch(scratch: bool, roles=roles, numels=numels, device=device, tune_key=tune_key, flags=flags) -> None:
             if scratch:  # autotuning run on copies: see _runtime.launch_tuned
@@ -142,4 +161,4 @@ def fused_masked_sgd(
                 wl.work_tid, wl.work_start, wl.numels, *wl.tables,
                 -lr, momentum, 1.0 - dampening, weight_decay, tune_key, **flags)
 
-        _runtime.launch_tuned(("sgd", str(device), tune_key, grad_kind, m_kind), launch)
+        _runtime.launch_tuned(("sgd", str(device), tune_key, grad_kind, m_kind, aligned), launch)

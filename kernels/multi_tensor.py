@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._tl import ALIGN_BYTES
+
 _CACHE_SIZE = 32
 _CACHE: "OrderedDict[tuple, WorkList]" = OrderedDict()
 
@@ -89,6 +91,15 @@ def build_work_list(roles: Sequence[Sequence[Optional[Tensor]]], numels: Sequenc
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return wl
+
+
+def is_aligned(tensors: Sequence[Optional[Tensor]]) -> bool:
+    """Whether every tensor starts on an ``ALIGN_BYTES`` boundary, so a kernel may be told so.
+
+    Fresh allocations always do; views into flat buffers (DeepSpeed's ZeRO partitions,
+    ``tensor[1:]``) may not, and get the kernels' unaligned variant instead.
+    """
+    return all(t is None or t.data_ptr() % ALIGN_BYTES == 0 for t in tensors)
 
 
 def group_indices(keys: Sequence[tuple]) -> Dict[tuple, List[int]]:

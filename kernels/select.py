@@ -16,8 +16,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _runtime
-from ._tl import GRAD_KINDS, load_grad
-from .multi_tensor import build_work_list
+from ._tl import GRAD_KINDS, block_offsets, grad_ptr, load_block
+from .multi_tensor import build_work_list, is_aligned
 from .radix_select import PASSES, bits_to_float, check_select_inputs, pick_digit, kth_smallest_abs_torch
 
 _HIST_BLOCK_GPU = 1024
@@ -25,36 +25,47 @@ _MAX_TRITON_ELEMENTS = 2**31 - 1  # int32 histogram counts
 
 
 @triton.jit
+def _hist_block(x_ptr, offs, end, prefix, SHIFT: tl.constexpr, WIDTH: tl.constexpr, FILTER: tl.constexpr,
+                MASKED: tl.constexpr):
+    """This block's histogram of the digit, counting only selected elements.
+
+    Excluded elements (out of bounds, or with other high bits under FILTER) are
+    binned as 0 and subtracted from bin 0, which avoids relying on
+    ``tl.histogram``'s optional mask argument.
+    """
+    N_BINS: tl.constexpr = 1 << WIDTH
+    x = load_block(x_ptr, offs, end, MASKED).to(tl.float32)
+    bits = tl.abs(x).to(tl.int32, bitcast=True)
+    sel = offs < end
+    if FILTER:
+        sel = sel & ((bits >> (SHIFT + WIDTH)) == prefix)
+    digit = tl.where(sel, (bits >> SHIFT) & (N_BINS - 1), 0)
+    excluded = offs.shape[0] - tl.sum(sel.to(tl.int32), axis=0)
+    return tl.histogram(digit, N_BINS) - tl.where(tl.arange(0, N_BINS) == 0, excluded, 0)
+
+
+@triton.jit
 def _radix_hist_kernel(work_tid, work_start, numels, x_tab, hist, prefix,
                        CHUNK: tl.constexpr, BLOCK: tl.constexpr, X_KIND: tl.constexpr,
-                       SHIFT: tl.constexpr, WIDTH: tl.constexpr, FILTER: tl.constexpr):
+                       SHIFT: tl.constexpr, WIDTH: tl.constexpr, FILTER: tl.constexpr, ALIGNED: tl.constexpr):
     """Add this work item's histogram of digit ``(bits >> SHIFT) & (2**WIDTH - 1)`` to ``hist``.
 
     With FILTER, only elements whose higher bits equal ``prefix`` are counted.
-    Excluded elements are binned as 0 and subtracted from bin 0 afterwards, which
-    avoids relying on ``tl.histogram``'s optional mask argument.
+    Full blocks are read unmasked, then the tail (see :mod:`kernels._tl`).
     """
     N_BINS: tl.constexpr = 1 << WIDTH
     w = tl.program_id(0)
     tid = tl.load(work_tid + w)
     start = tl.load(work_start + w)
     end = tl.minimum(start + CHUNK, tl.load(numels + tid))
-    x_addr = tl.load(x_tab + tid)
-    bins = tl.arange(0, N_BINS)
+    x_ptr = grad_ptr(tl.load(x_tab + tid), X_KIND, ALIGNED)
     acc = tl.zeros([N_BINS], dtype=tl.int32)
-    for off in range(start, end, BLOCK):
-        offs = off + tl.arange(0, BLOCK)
-        inb = offs < end
-        x = load_grad(x_addr, offs, inb, X_KIND)
-        bits = tl.abs(x).to(tl.int32, bitcast=True)
-        sel = inb
-        if FILTER:
-            sel = sel & ((bits >> (SHIFT + WIDTH)) == prefix)
-        digit = tl.where(sel, (bits >> SHIFT) & (N_BINS - 1), 0)
-        h = tl.histogram(digit, N_BINS)
-        excluded = BLOCK - tl.sum(sel.to(tl.int32), axis=0)
-        acc += h - tl.where(bins == 0, excluded, 0)
-    tl.atomic_add(hist + bins, acc, mask=acc != 0)
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):
+        acc += _hist_block(x_ptr, block_offsets(off, BLOCK), end, prefix, SHIFT, WIDTH, FILTER, False)
+    for off in range(full_end, end, BLOCK):
+        acc += _hist_block(x_ptr, block_offsets(off, BLOCK), end, prefix, SHIFT, WIDTH, FILTER, True)
+    tl.atomic_add(hist + tl.arange(0, N_BINS), acc, mask=acc != 0)
 
 
 def kth_smallest_abs_triton(tensors: Sequence[Tensor], k: int) -> float:
@@ -75,22 +86,22 @@ def kth_smallest_abs_triton(tensors: Sequence[Tensor], k: int) -> float:
                              "(use kth_smallest_abs_torch)")
         _runtime.check_device(t, f"tensors[{i}]")
         xs.append(t.detach().contiguous())
-    by_kind = {}
+    groups = {}
     for x in xs:
         if x.numel():
-            by_kind.setdefault(GRAD_KINDS[x.dtype], []).append(x)
+            groups.setdefault((GRAD_KINDS[x.dtype], is_aligned([x])), []).append(x)
     chunk = _runtime.chunk_size()
     block = _runtime.INTERP_BLOCK if _runtime.INTERPRET else _HIST_BLOCK_GPU
     launch_opts = {} if _runtime.INTERPRET else {"num_warps": 4}
-    work = {kind: build_work_list([group], [x.numel() for x in group], chunk, device)
-            for kind, group in by_kind.items()}
+    work = {key: build_work_list([group], [x.numel() for x in group], chunk, device)
+            for key, group in groups.items()}
     prefix = 0
     for level, (shift, width) in enumerate(PASSES):
         hist = torch.zeros(1 << width, dtype=torch.int32, device=device)
-        for kind, wl in work.items():
+        for (kind, aligned), wl in work.items():
             _radix_hist_kernel[(wl.n_work,)](
                 wl.work_tid, wl.work_start, wl.numels, wl.tables[0], hist, prefix,
-                CHUNK=chunk, BLOCK=block, X_KIND=kind, SHIFT=shift, WIDTH=width, FILTER=level > 0,
+                CHUNK=chunk, BLOCK=block, X_KIND=kind, SHIFT=shift, WIDTH=width, FILTER=level > 0, ALIGNED=aligned,
                 **launch_opts)
         digit, k = pick_digit(hist, k)
         prefix = (prefix << width) | digit

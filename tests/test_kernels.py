@@ -229,13 +229,17 @@ class _CountingKernel:
     """Stands in for a kernel object and counts launches (kernel[grid](...))."""
 
     def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
+        self.kernel, self.calls = kernel, []
+
+    @property
+    def launches(self) -> int:
+        return len(self.calls)
 
     def __getitem__(self, grid):
         launch = self.kernel[grid]
 
         def run(*args, **kwargs):
-            self.launches += 1
+            self.calls.append(kwargs)
             return launch(*args, **kwargs)
 
         return run
@@ -260,6 +264,53 @@ def test_one_launch_per_group_not_per_tensor(monkeypatch):
     kernels.fused_masked_adamw(params, grads, states, [s.clone() for s in states], [1] * len(shapes), masks,
                                **ADAMW)
     assert adamw.launches == 2
+
+
+def _views_into_flat(shapes, gen: torch.Generator) -> List[torch.Tensor]:
+    """Tensors packed back to back in one buffer, as DeepSpeed's flat partitions hold them.
+
+    Element offsets 1, 1+n0, ... make most of them start off a 16-byte boundary.
+    """
+    sizes = [math.prod(s) for s in shapes]
+    flat = torch.randn(1 + sum(sizes), generator=gen)
+    out, offset = [], 1
+    for s, n in zip(shapes, sizes):
+        out.append(flat[offset: offset + n].view(s))
+        offset += n
+    return out
+
+
+def test_unaligned_views_get_their_own_launch_and_the_same_numbers(monkeypatch):
+    """Views at odd offsets take the kernels' unaligned variant; results still match the reference."""
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(8, 8), (33,), (2, 3, 5), (130,)] * 2
+    params = [torch.randn(s, generator=gen) for s in shapes[:4]] + _views_into_flat(shapes[4:], gen)
+    assert [kernels.multi_tensor.is_aligned([p]) for p in params].count(False) >= 3
+    masks = [torch.rand(s, generator=gen) > 0.4 for s in shapes]
+    sgd, adamw = _CountingKernel(sgd_mod._kernel), _CountingKernel(adamw_mod._kernel)
+    monkeypatch.setattr(sgd_mod, "_kernel", sgd)
+    monkeypatch.setattr(adamw_mod, "_kernel", adamw)
+
+    ref = [p.clone() for p in params]
+    bufs, ref_bufs = [None] * len(params), [None] * len(params)
+    for _ in range(2):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        kernels.fused_masked_sgd(params, grads, bufs, masks, lr=0.1, momentum=0.9, weight_decay=0.01)
+        masked_sgd(ref, grads, ref_bufs, masks, lr=0.1, momentum=0.9, weight_decay=0.01)
+    for a, b in zip(params + bufs, ref + ref_bufs):
+        assert torch.equal(a, b)
+
+    m, v = [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
+    rm, rv = [t.clone() for t in m], [t.clone() for t in v]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    kernels.fused_masked_adamw(params, grads, m, v, [1] * len(params), masks, **ADAMW)
+    masked_adamw(ref, grads, rm, rv, [1] * len(params), masks, **ADAMW)
+    for a, b in zip(params + m + v, ref + rm + rv):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    _assert_pruned_zero(params + m + v, masks * 3)
+    # two launches per step: the aligned group and the unaligned one
+    assert [kw["ALIGNED"] for kw in sgd.calls] == [True, False, True, False]
+    assert [kw["ALIGNED"] for kw in adamw.calls] == [True, False]
 
 
 def _sgd_args(shape=(4, 5)):

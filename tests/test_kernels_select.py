@@ -27,6 +27,7 @@ def _tensors_with_ties(seed: int):
         torch.randn(129, generator=gen).to(torch.bfloat16),  # ties after rounding
         torch.tensor([-0.0, 1e-40, -1e-40, float("inf")]),  # -0, subnormals, inf
         torch.randn(5, 7, generator=gen).t(),  # non-contiguous input is fine for selection
+        torch.randn(301, generator=gen)[1:],  # contiguous but off a 16-byte boundary: unaligned variant
     ]
 
 
