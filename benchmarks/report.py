@@ -1,7 +1,7 @@
 """Print pytest-benchmark JSON output as Markdown tables.
 
-    /tmp/venv/bin/pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
-    /tmp/venv/bin/python benchmarks/report.py bench.json
+    pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
+    python benchmarks/report.py bench.json
 
 One table per benchmark group (model x optimizer, or model x selection): median
 time per step, effective GB/s and the speed-up against the baseline that the same

@@ -1,0 +1,201 @@
+"""Check the fused Triton steps against the PyTorch reference on the machine at hand.
+
+Why: CI runs the kernels only under the Triton interpreter.  Whether a GPU install
+gives the same numbers (driver, Triton release, autotuning on scratch copies, the
+int64 -> pointer cast, the aligned and unaligned variants) can only be checked where
+it runs.  ``python -m dstrain.optim.selfcheck`` does that in a few seconds on a CUDA
+device (or, with ``TRITON_INTERPRET=1``, on the CPU with small shapes) and exits 1 if
+any case disagrees beyond fp32 rounding or leaves a pruned entry non-zero.
+
+Every case runs several steps from identical starting tensors through
+``kernels.fused_masked_*`` and through :mod:`dstrain.optim.functional`, covering fp32
+and bf16 gradients, byte/bit/absent masks, all-pruned tensors, tensors that span
+several chunks, and views at odd offsets into one flat buffer (DeepSpeed's layout).
+The first step of each case is also the autotuner's first sight of that size, so a
+tuner that applied the in-place step more than once would show up as a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .functional import masked_adamw, masked_sgd
+
+SGD_HYPER = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+ADAMW_HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
+RTOL, ATOL = 1e-5, 1e-6
+"""Agreement required: fp32 rounding over a few steps (AdamW's sqrt/division order differs by backend)."""
+
+
+@dataclass
+class CaseResult:
+    name: str
+    max_abs_diff: float
+    bitwise: bool
+    pruned_nonzero: int
+    ok: bool
+
+
+def _device() -> torch.device:
+    import kernels._runtime as runtime
+
+    if runtime.INTERPRET:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("selfcheck needs a CUDA GPU for the compiled kernels, or TRITON_INTERPRET=1 "
+                         "(set before starting Python) to run them interpreted on the CPU")
+    return torch.device("cuda")
+
+
+def _shapes(device: torch.device) -> List[Tuple[int, ...]]:
+    """Odd sizes, empty, size 1, and (on a GPU) tensors spanning several 32K-element chunks."""
+    small = [(7, 3), (1,), (0,), (17, 33), (4, 3, 3, 3), (300,)]
+    if device.type == "cuda":
+        return small + [(300, 257), (70001,), (64, 64, 3, 3)]
+    return small
+
+
+def _flat_views(shapes: Sequence[Tuple[int, ...]], device: torch.device, gen: torch.Generator) -> List[Tensor]:
+    """Tensors back to back in one buffer from element 1 on, so most start off a 16-byte boundary."""
+    sizes = [math.prod(s) for s in shapes]
+    flat = torch.randn(1 + sum(sizes), generator=gen).to(device)
+    views, offset = [], 1
+    for s, n in zip(shapes, sizes):
+        views.append(flat[offset: offset + n].view(s))
+        offset += n
+    return views
+
+
+def _masks(shapes, fmt: str, gen: torch.Generator, device: torch.device) -> Tuple[list, list]:
+    """(reference bool masks, the same masks in ``fmt`` for the kernel); first tensor all pruned."""
+    from kernels import pack_mask
+
+    if fmt == "none":
+        return [None] * len(shapes), [None] * len(shapes)
+    ref = []
+    for i, s in enumerate(shapes):
+        m = (torch.rand(s, generator=gen) > 0.6).to(device)
+        ref.append(torch.zeros_like(m) if i == 0 else (None if fmt == "mixed" and i % 3 == 1 else m))
+    convert = {"bool": lambda m: m, "mixed": lambda m: m, "uint8": lambda m: m.to(torch.uint8), "bit": pack_mask}[fmt]
+    return ref, [None if m is None else convert(m) for m in ref]
+
+
+def _compare(name: str, got: Sequence[Optional[Tensor]], want: Sequence[Optional[Tensor]],
+             masks: Sequence[Optional[Tensor]]) -> CaseResult:
+    max_diff, bitwise, pruned_nonzero, close = 0.0, True, 0, True
+    for g, w, m in zip(got, want, masks):
+        if g is None or g.numel() == 0:
+            continue
+        diff = (g - w).abs()
+        max_diff = max(max_diff, float(diff.max()))
+        bitwise &= bool(torch.equal(g, w))
+        close &= bool(torch.allclose(g, w, rtol=RTOL, atol=ATOL))
+        if m is not None:
+            pruned_nonzero += int((g[~m] != 0).sum())
+    return CaseResult(name, max_diff, bitwise, pruned_nonzero, close and pruned_nonzero == 0)
+
+
+def _run_sgd(params, ref_params, grads_per_step, kmasks, masks) -> Tuple[list, list]:
+    import kernels
+
+    bufs: List[Optional[Tensor]] = [None] * len(params)
+    ref_bufs: List[Optional[Tensor]] = [None] * len(params)
+    for grads in grads_per_step:
+        kernels.fused_masked_sgd(params, grads, bufs, kmasks, **SGD_HYPER)
+        masked_sgd(ref_params, grads, ref_bufs, masks, **SGD_HYPER)
+    return list(params) + bufs, list(ref_params) + ref_bufs
+
+
+def _run_adamw(params, ref_params, grads_per_step, kmasks, masks) -> Tuple[list, list]:
+    import kernels
+
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    rm, rv = [t.clone() for t in m], [t.clone() for t in v]
+    for step, grads in enumerate(grads_per_step, start=1):
+        kernels.fused_masked_adamw(params, grads, m, v, [step] * len(params), kmasks, **ADAMW_HYPER)
+        masked_adamw(ref_params, grads, rm, rv, [step] * len(params), masks, **ADAMW_HYPER)
+    return list(params) + m + v, list(ref_params) + rm + rv
+
+
+OPTIMIZERS: dict = {"sgd": _run_sgd, "adamw": _run_adamw}
+
+
+def run_optimizer_case(optimizer: str, grad_dtype: torch.dtype, fmt: str, layout: str, device: torch.device,
+                       steps: int = 3, seed: int = 0) -> CaseResult:
+    """One case: ``steps`` fused vs reference steps from identical tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = _shapes(device)
+    if layout == "flat":
+        params = _flat_views(shapes, device, gen)
+    else:
+        params = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    ref_params = [p.clone() for p in params]
+    masks, kmasks = _masks(shapes, fmt, gen, device)
+    grads_per_step = [[torch.randn(s, generator=gen).to(device, grad_dtype) for s in shapes] for _ in range(steps)]
+    got, want = OPTIMIZERS[optimizer](params, ref_params, grads_per_step, kmasks, masks)
+    name = f"{optimizer} {str(grad_dtype).replace('torch.', '')} grads, {fmt} masks, {layout}"
+    n_roles = len(got) // len(shapes)
+    return _compare(name, got, want, list(masks) * n_roles)
+
+
+def run_select_case(device: torch.device, seed: int = 0) -> CaseResult:
+    """Radix-select threshold vs ``torch.kthvalue`` over the concatenated magnitudes (must be exact)."""
+    from kernels import kth_smallest_abs_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = [torch.randint(-6, 7, (37,), generator=gen).float() * 0.25, torch.zeros(3)]
+    tensors += [torch.randn(s, generator=gen) for s in _shapes(device)]
+    tensors = [t.to(device) for t in tensors] + _flat_views([(129,), (1000,)], device, gen)
+    flat = torch.cat([t.reshape(-1).abs().float() for t in tensors])
+    ks = [1, flat.numel() // 2, int(0.9 * flat.numel()), flat.numel()]
+    worst, exact = 0.0, True
+    for k in ks:
+        got, want = kth_smallest_abs_triton(tensors, k), float(torch.kthvalue(flat.cpu(), k).values)
+        exact &= got == want
+        worst = max(worst, abs(got - want))
+    return CaseResult("radix select vs kthvalue", worst, exact, 0, exact)
+
+
+def run_all(device: torch.device, report: Callable[[CaseResult], None] = lambda r: None) -> List[CaseResult]:
+    results = []
+    for optimizer in OPTIMIZERS:
+        for grad_dtype in (torch.float32, torch.bfloat16):
+            for fmt in ("bool", "uint8", "bit", "mixed", "none"):
+                for layout in ("fresh", "flat"):
+                    results.append(run_optimizer_case(optimizer, grad_dtype, fmt, layout, device))
+                    report(results[-1])
+    results.append(run_select_case(device))
+    report(results[-1])
+    return results
+
+
+def _print(r: CaseResult) -> None:
+    status = "ok  " if r.ok else "FAIL"
+    extra = f", {r.pruned_nonzero} pruned entries non-zero" if r.pruned_nonzero else ""
+    print(f"{status} {r.name:<48} max |diff| {r.max_abs_diff:.3g}{' (bitwise)' if r.bitwise else ''}{extra}",
+          flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
+    device = _device()
+    import triton
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
+    print(f"fused kernels vs PyTorch reference on {name}, torch {torch.__version__}, triton {triton.__version__}")
+    results = run_all(device, _print)
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)}/{len(results)} cases agree "
+          f"({sum(r.bitwise for r in results)} bitwise); tolerance rtol={RTOL}, atol={ATOL}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

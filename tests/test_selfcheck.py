@@ -1,0 +1,59 @@
+"""``python -m dstrain.optim.selfcheck``: the on-device check of the fused kernels.
+
+In CI it runs interpreted on the CPU (conftest sets TRITON_INTERPRET=1); the test
+that runs it compiled on CUDA is skipped without a GPU.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from dstrain.optim import selfcheck
+from dstrain.optim.functional import masked_sgd
+from helpers import subprocess_env
+
+CPU = torch.device("cpu")
+
+
+def test_selfcheck_passes_and_reports_every_case(capsys):
+    assert selfcheck.main([]) == 0
+    out = capsys.readouterr().out
+    n_cases = len(selfcheck.OPTIMIZERS) * 2 * 5 * 2 + 1  # grad dtypes x mask formats x layouts, + select
+    assert f"{n_cases}/{n_cases} cases agree" in out
+    assert "FAIL" not in out
+
+
+def test_selfcheck_catches_a_kernel_that_revives_pruned_weights(monkeypatch):
+    def leaky(params, grads, bufs, masks, **hyper):
+        masked_sgd(params, grads, bufs, [None] * len(params), **hyper)  # forgets the masks
+
+    monkeypatch.setattr(kernels, "fused_masked_sgd", leaky)
+    result = selfcheck.run_optimizer_case("sgd", torch.float32, "bool", "fresh", CPU)
+    assert not result.ok and result.pruned_nonzero > 0
+
+
+def test_selfcheck_catches_a_step_applied_twice(monkeypatch):
+    """What an autotuner benchmarking an in-place kernel on the real tensors would do."""
+    real = kernels.fused_masked_adamw
+
+    def twice(*args, **kwargs):
+        real(*args, **kwargs)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "fused_masked_adamw", twice)
+    result = selfcheck.run_optimizer_case("adamw", torch.float32, "bit", "flat", CPU)
+    assert not result.ok and result.pruned_nonzero == 0 and result.max_abs_diff > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a CUDA GPU")
+def test_selfcheck_compiled_on_cuda():
+    env = subprocess_env()
+    env.pop("TRITON_INTERPRET", None)
+    out = subprocess.run([sys.executable, "-m", "dstrain.optim.selfcheck"], cwd=Path(__file__).resolve().parent.parent,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
