@@ -132,7 +132,17 @@ class LRScheduleSpec(_Strict):
     min_lr: float = Field(default=0.0, ge=0)
     milestones: List[float] = Field(default_factory=list)
     gamma: float = Field(default=0.1, gt=0)
-    rewind_at_pruning: bool = False
+    rewind_at_pruning: bool = Field(default=False, description="restart the LR shape at every mask update")
+    cyclic: bool = Field(default=False, description="with rewind_at_pruning: each segment between mask updates "
+                                                     "decays to min_lr by its own end (oBERT's cyclic_linear), "
+                                                     "instead of by the end of training")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.cyclic and not self.rewind_at_pruning:
+            raise ValueError("cyclic: true needs rewind_at_pruning: true (the cycles are the intervals between "
+                             "mask updates); set both, or drop cyclic")
+        return self
 
 
 class TrainingSpec(_Strict):
@@ -190,7 +200,8 @@ class Recipe(_Strict):
         return LRSchedule(
             base_lr=self.optimizer.lr, total=total, shape=spec.shape, warmup=to_step(spec.warmup),
             warmup_start_factor=spec.warmup_start_factor, min_lr=spec.min_lr,
-            milestones=tuple(to_step(m) for m in spec.milestones), gamma=spec.gamma, restarts=restarts)
+            milestones=tuple(to_step(m) for m in spec.milestones), gamma=spec.gamma, restarts=restarts,
+            cyclic=spec.cyclic)
 
 
 def _flow(value: Any) -> str:

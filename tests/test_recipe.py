@@ -70,6 +70,16 @@ def test_lr_rewind_restarts_at_mask_updates():
     assert lr(20) == pytest.approx(0.1)
 
 
+def test_cyclic_lr_reaches_min_at_every_mask_update_and_needs_rewinding():
+    data = _with("lr_schedule", {"shape": "linear", "min_lr": 0.01, "rewind_at_pruning": True, "cyclic": True})
+    recipe = parse_recipe(data)
+    lr = recipe.lr_schedule_for(10, recipe.sparsity_schedule(10))
+    assert lr.cyclic and lr.restarts == (10, 20, 30, 40, 50, 60, 70, 80)
+    assert [lr(t) for t in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.019, 0.1, 0.019, 0.1])
+    with pytest.raises(ConfigError, match=r"lr_schedule: .*cyclic: true needs rewind_at_pruning: true"):
+        parse_recipe(_with("lr_schedule", {"shape": "linear", "cyclic": True}))
+
+
 def test_every_shipped_recipe_loads():
     recipes = sorted((REPO / "recipes").glob("**/*.yaml"))
     assert recipes

@@ -76,6 +76,20 @@ def test_lr_rewind_restarts_the_decay_at_each_pruning_step():
     assert math.isclose(lr(100), 0.0, abs_tol=1e-12)
 
 
+def test_cyclic_lr_runs_the_whole_shape_between_restarts():
+    lr = LRSchedule(1.0, 100, "linear", min_lr=0.1, warmup=10, restarts=(40, 70), cyclic=True)
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(25) == pytest.approx(0.55)  # halfway through the first segment, warm-up end -> 40
+    assert lr(40) == pytest.approx(1.0)
+    assert lr(55) == pytest.approx(0.55)  # halfway 40 -> 70, not 40 -> 100
+    assert lr(70) == pytest.approx(1.0)
+    assert lr(85) == pytest.approx(0.55)  # the last segment ends with training, as without cyclic
+    assert lr(100) == pytest.approx(0.1)
+    plain = LRSchedule(1.0, 100, "linear", min_lr=0.1, warmup=10, restarts=(40, 70))
+    assert [plain(t) for t in range(70, 101)] == [lr(t) for t in range(70, 101)]
+    assert plain(55) > lr(55)
+
+
 def test_acdc_last_decompressed_phase_before_the_final_one():
     s = ACDC(sparsity=0.9, warmup=4, compressed=2, decompressed=2, final=3, total=18, last_decompressed=5)
     phases = "".join("C" if s.is_compressed(t) else "D" for t in range(18))

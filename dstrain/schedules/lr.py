@@ -3,7 +3,10 @@
 ``lr(t)`` for step t: linear warm-up from ``warmup_start_factor·base`` to ``base``
 over ``warmup`` steps, then the decay shape over the remaining steps.  With
 ``restarts`` (LR rewinding), the post-warm-up shape restarts at each given step:
-fine-tuning after a pruning step then sees the high LR again.
+fine-tuning after a pruning step then sees the high LR again.  By default each restart
+decays towards ``min_lr`` at the end of training; with ``cyclic`` every segment
+(warm-up end -> first restart, restart -> next restart, last restart -> end) runs its
+whole shape and reaches ``min_lr`` at its own end, as oBERT's ``cyclic_linear`` does.
 """
 from __future__ import annotations
 
@@ -24,20 +27,23 @@ class LRSchedule:
     milestones: Tuple[int, ...] = ()
     gamma: float = 0.1
     restarts: Tuple[int, ...] = field(default=())
+    cyclic: bool = False
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             start = self.base_lr * self.warmup_start_factor
             return start + (self.base_lr - start) * step / self.warmup
-        begin = self.warmup
+        begin, end = self.warmup, self.total
         if self.restarts:
             i = bisect.bisect_right(self.restarts, step)
             if i > 0:
                 begin = max(begin, self.restarts[i - 1])
-        return self._decay(step, begin)
+            if self.cyclic and i < len(self.restarts):
+                end = self.restarts[i]
+        return self._decay(step, begin, end)
 
-    def _decay(self, step: int, begin: int) -> float:
-        span = max(self.total - begin, 1)
+    def _decay(self, step: int, begin: int, end: int) -> float:
+        span = max(end - begin, 1)
         frac = min(max((step - begin) / span, 0.0), 1.0)
         if self.shape == "constant":
             return self.base_lr

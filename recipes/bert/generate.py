@@ -68,10 +68,9 @@ GMP_NOTE = """\
 # lr 3e-5 and KD alpha 0.9 / T 2, are from memory and not used here).  GMP* also reports results
 # at both lengths; its exact per-length hyper-parameters (I recall a higher rewound LR, around
 # 1.5e-4, but have not verified it) are not reproduced.
-# Known deviation: dstrain's rewind_at_pruning restarts the linear decay at each mask update and
-# decays towards min_lr at the END of training, while oBERT's cyclic_linear reaches 5e-6 at the
-# end of every cycle; the first dense epochs also decay more slowly than oBERT's 2-epoch ramp.
-# The final cycle (last mask update -> end) matches exactly.
+# LR: rewind_at_pruning + cyclic is oBERT's cyclic_linear: 5e-5 -> 5e-6 over the dense epochs
+# (the 2-epoch ramp), then again over every interval between mask updates (4-epoch cycles), and
+# over the final phase at the last mask.
 """
 
 
@@ -105,7 +104,8 @@ def gmp(sparsity: float, epochs: int) -> dict:
         "task": TASK,
         "training": {"epochs": epochs, "batch_size": 32, "seed": 42, "eval_every": 1},
         "optimizer": {"name": "adamw", "lr": 5.0e-5, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1.0e-8},
-        "lr_schedule": {"shape": "linear", "unit": "epoch", "min_lr": 5.0e-6, "rewind_at_pruning": True},
+        "lr_schedule": {"shape": "linear", "unit": "epoch", "min_lr": 5.0e-6, "rewind_at_pruning": True,
+                         "cyclic": True},
         "pruning": {**PRUNING_KEYS,
                     "schedule": {"kind": "gmp", "initial_sparsity": 0.7, "final_sparsity": sparsity,
                                  "start": start, "end": end, "frequency": freq}},
