@@ -29,6 +29,7 @@ from .masks import MaskRegistry, match_parameter_names
 from .optim import MaskedAdamW, MaskedSGD
 from .recipe import Recipe
 from .tasks import Task, build_task
+from .throughput import TrainingClock
 from .zero import PartitionMasks
 
 
@@ -158,6 +159,7 @@ class SparseTrainer:
         dstdist.init_distributed()
         self.rank, self.world = dstdist.rank(), dstdist.world_size()
         self.device = dstdist.device()
+        self.clock = TrainingClock(self.device)
         _seed_everything(self.recipe.training.seed)
         train_set, eval_set = self.task.build_datasets()
         model = self.task.build_model().to(self.device)
@@ -271,9 +273,8 @@ class SparseTrainer:
         return {"world_size": self.world, "zero_stage": self.zero_stage}
 
     def _save(self, epoch: int, batch_in_epoch: int) -> None:
-        started = time.perf_counter()
-        self._save_checkpoint(epoch, batch_in_epoch)
-        self._save_seconds += time.perf_counter() - started  # kept out of the throughput figure
+        with self.clock.paused():  # kept out of the throughput figure
+            self._save_checkpoint(epoch, batch_in_epoch)
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
         dstdist.average_buffers(self.engine.module)
@@ -332,14 +333,10 @@ class SparseTrainer:
             progress = tqdm(total=total, initial=self.controller.step_count, desc=self.recipe.name,
                             dynamic_ncols=True, leave=False)
         stop = False
-        first_step = self.controller.step_count
-        self._save_seconds, train_seconds = 0.0, 0.0
         for epoch in range(start_epoch, epochs):
-            started, saves_before = time.perf_counter(), self._save_seconds
+            self.clock.start()
             stop, done, loss_sum, loss_n = self._train_epoch(epoch, skip_batches, progress)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            train_seconds += time.perf_counter() - started - (self._save_seconds - saves_before)
+            self.clock.stop()
             skip_batches = 0
             all_batches = done == self.steps_per_epoch * self.gas
             # an epoch is over unless max_steps cut it short (the last one may end with the recipe)
@@ -361,8 +358,7 @@ class SparseTrainer:
             "sparsity": self.registry.weight_sparsity(), "revived": self.registry.revived(),
             "wall_time_s": time.time() - start_time, "world_size": self.world,
             # training loop only (no evaluation, checkpoints or set-up), all ranks together
-            "train_samples_per_s": (self.controller.step_count - first_step) * self.recipe.training.batch_size
-            / max(train_seconds, 1e-9),
+            **self.clock.rates(self.recipe.training.batch_size),
         }
         if self.rank == 0:
             if not stop and self.task.export(self.engine.module, str(self.output_dir / "final_model")):
@@ -392,6 +388,7 @@ class SparseTrainer:
             done = micro_idx + 1
             if done % self.gas:
                 continue
+            self.clock.step_done()
             for callback in self.callbacks:
                 callback.on_step_end(self)
             step = self.controller.step_count
