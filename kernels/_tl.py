@@ -53,23 +53,14 @@ def typed_ptr(addr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 @triton.jit
 def grad_ptr(addr, GRAD_KIND: tl.constexpr, ALIGNED: tl.constexpr):
     """The gradient's pointer; its element type (fp32/bf16/fp16) is the GRAD_KIND constexpr."""
-    if GRAD_KIND == 0:
-        ptr = typed_ptr(addr, tl.float32, ALIGNED)
-    elif GRAD_KIND == 1:
-        ptr = typed_ptr(addr, tl.bfloat16, ALIGNED)
-    else:
-        ptr = typed_ptr(addr, tl.float16, ALIGNED)
-    return ptr
+    return typed_ptr(addr, tl.float32 if GRAD_KIND == 0 else (tl.bfloat16 if GRAD_KIND == 1 else tl.float16),
+                     ALIGNED)
 
 
 @triton.jit
 def mask_ptr(addr, MASK_KIND: tl.constexpr, ALIGNED: tl.constexpr):
     """Byte mask (MASK_KIND 1: uint8 elements) or packed bitmask (MASK_KIND 2: int32 words)."""
-    if MASK_KIND == 2:
-        ptr = typed_ptr(addr, tl.int32, ALIGNED)
-    else:
-        ptr = typed_ptr(addr, tl.uint8, ALIGNED)
-    return ptr
+    return typed_ptr(addr, tl.int32 if MASK_KIND == 2 else tl.uint8, ALIGNED)
 
 
 @triton.jit
