@@ -72,6 +72,22 @@ def test_bf16_keeps_pruned_weights_zero_in_model_and_master(stage, tmp_path):
     assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
 
 
+def test_triton_kernels_on_zero2_bf16_partitions_match_the_torch_backend(tmp_path):
+    """The fused kernels stepping DeepSpeed's flat fp32 partitions with bf16 gradients (interpreted here)."""
+    ds_config = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
+    states = {}
+    for backend in ("torch", "triton"):
+        recipe = tiny_recipe(**{"optimizer.backend": backend})
+        (tmp_path / backend).mkdir()
+        ranks = launch({"recipe": recipe.model_dump(), "ds_config": ds_config,
+                        "out": str(tmp_path / backend)}, tmp_path / backend)
+        _assert_ranks_identical(ranks)
+        states[backend] = ranks[0]["state"]
+        assert int(states[backend]["masked_masters"]) > 0 and int(states[backend]["master_revived"]) == 0
+    for key, value in states["torch"].items():
+        assert torch.equal(states["triton"][key], value), key
+
+
 def test_stage0_checkpoint_resumes_with_another_world_size(tmp_path, single_process_reference):
     """Written by 1 process, finished by 2: the recipe clock and data position carry over."""
     recipe = tiny_recipe(**NO_BN)
