@@ -2,6 +2,7 @@
 
     dstrain train  [launch/train.py options]   # train recipes (same options as launch/train.py)
     dstrain report RUN_DIR [RUN_DIR ...] --out OUT_DIR
+    dstrain selfcheck                           # fused kernels vs the PyTorch reference on this GPU
 
 Each subcommand hands the rest of the command line to its own parser, so
 ``dstrain train --help`` and ``dstrain report --help`` show the full options.
@@ -18,6 +19,12 @@ TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "launch" / "train.py"
 
 def _report(argv: List[str]) -> int:
     from .report import main
+
+    return main(argv)
+
+
+def _selfcheck(argv: List[str]) -> int:
+    from .optim.selfcheck import main
 
     return main(argv)
 
@@ -39,11 +46,11 @@ def _train(argv: List[str]) -> int:
         sys.argv[0] = prog
 
 
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report}
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report, "selfcheck": _selfcheck}
 
 
 def _usage() -> str:
-    return __doc__.split("\n\n")[1] if __doc__ else "dstrain {train,report} ..."
+    return __doc__.split("\n\n")[1] if __doc__ else "dstrain {train,report,selfcheck} ..."
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import kernels
+from dstrain import cli
 from dstrain.optim import selfcheck
 from dstrain.optim.functional import masked_sgd
 from helpers import subprocess_env
@@ -21,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def test_selfcheck_passes_and_reports_every_case(capsys):
-    assert selfcheck.main([]) == 0
+    assert cli.main(["selfcheck"]) == 0
     out = capsys.readouterr().out
     n_cases = len(selfcheck.OPTIMIZERS) * 2 * 5 * 2 + 1  # grad dtypes x mask formats x layouts, + select
     assert f"{n_cases}/{n_cases} cases agree" in out
