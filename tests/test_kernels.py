@@ -17,6 +17,7 @@ from torch import nn
 import kernels
 from dstrain.optim import MaskedAdamW, MaskedSGD
 from dstrain.optim.functional import masked_adamw, masked_sgd
+from dstrain.optim.selfcheck import flat_views
 from kernels import masked_adamw as adamw_mod
 from kernels import masked_sgd as sgd_mod
 from kernels import pack_mask
@@ -266,25 +267,11 @@ def test_one_launch_per_group_not_per_tensor(monkeypatch):
     assert adamw.launches == 2
 
 
-def _views_into_flat(shapes, gen: torch.Generator) -> List[torch.Tensor]:
-    """Tensors packed back to back in one buffer, as DeepSpeed's flat partitions hold them.
-
-    Element offsets 1, 1+n0, ... make most of them start off a 16-byte boundary.
-    """
-    sizes = [math.prod(s) for s in shapes]
-    flat = torch.randn(1 + sum(sizes), generator=gen)
-    out, offset = [], 1
-    for s, n in zip(shapes, sizes):
-        out.append(flat[offset: offset + n].view(s))
-        offset += n
-    return out
-
-
 def test_unaligned_views_get_their_own_launch_and_the_same_numbers(monkeypatch):
     """Views at odd offsets take the kernels' unaligned variant; results still match the reference."""
     gen = torch.Generator().manual_seed(8)
     shapes = [(8, 8), (33,), (2, 3, 5), (130,)] * 2
-    params = [torch.randn(s, generator=gen) for s in shapes[:4]] + _views_into_flat(shapes[4:], gen)
+    params = [torch.randn(s, generator=gen) for s in shapes[:4]] + flat_views(shapes[4:], torch.device("cpu"), gen)
     assert [kernels.multi_tensor.is_aligned([p]) for p in params].count(False) >= 3
     masks = [torch.rand(s, generator=gen) > 0.4 for s in shapes]
     sgd, adamw = _CountingKernel(sgd_mod._kernel), _CountingKernel(adamw_mod._kernel)

@@ -61,7 +61,7 @@ def _shapes(device: torch.device) -> List[Tuple[int, ...]]:
     return small
 
 
-def _flat_views(shapes: Sequence[Tuple[int, ...]], device: torch.device, gen: torch.Generator) -> List[Tensor]:
+def flat_views(shapes: Sequence[Tuple[int, ...]], device: torch.device, gen: torch.Generator) -> List[Tensor]:
     """Tensors back to back in one buffer from element 1 on, so most start off a 16-byte boundary."""
     sizes = [math.prod(s) for s in shapes]
     flat = torch.randn(1 + sum(sizes), generator=gen).to(device)
@@ -133,7 +133,7 @@ def run_optimizer_case(optimizer: str, grad_dtype: torch.dtype, fmt: str, layout
     gen = torch.Generator().manual_seed(seed)
     shapes = _shapes(device)
     if layout == "flat":
-        params = _flat_views(shapes, device, gen)
+        params = flat_views(shapes, device, gen)
     else:
         params = [torch.randn(s, generator=gen).to(device) for s in shapes]
     ref_params = [p.clone() for p in params]
@@ -152,7 +152,7 @@ def run_select_case(device: torch.device, seed: int = 0) -> CaseResult:
     gen = torch.Generator().manual_seed(seed)
     tensors = [torch.randint(-6, 7, (37,), generator=gen).float() * 0.25, torch.zeros(3)]
     tensors += [torch.randn(s, generator=gen) for s in _shapes(device)]
-    tensors = [t.to(device) for t in tensors] + _flat_views([(129,), (1000,)], device, gen)
+    tensors = [t.to(device) for t in tensors] + flat_views([(129,), (1000,)], device, gen)
     flat = torch.cat([t.reshape(-1).abs().float() for t in tensors])
     ks = [1, flat.numel() // 2, int(0.9 * flat.numel()), flat.numel()]
     worst, exact = 0.0, True
