@@ -2,11 +2,13 @@
 
 DeepSpeed writes a checkpoint as a folder of files, from several ranks; a kill in
 the middle leaves a half-written folder.  So every rank writes into
-``<dir>/.staging/<tag>``; after a barrier, rank 0 adds a ``dstrain_complete.json``
-marker and renames the folder to ``<dir>/<tag>`` (one atomic rename on a POSIX
-file system), then atomically rewrites ``<dir>/latest``.  Resume only ever
-considers folders that carry the marker, so a crash loses at most the interval
-since the last completed save.
+``<dir>/.staging/<tag>``; after a barrier, rank 0 adds the manifest
+(``dstrain_complete.json``: size and SHA-256 of every file, see :mod:`dstrain.manifest`)
+and renames the folder to ``<dir>/<tag>`` (one atomic rename on a POSIX file
+system), then atomically rewrites ``<dir>/latest``.  Resume only uses a folder
+whose files all match its manifest: a crash loses at most the interval since the
+last completed save, and a checkpoint damaged later is skipped (``--resume auto``)
+or refused (an explicit folder), naming the file.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import distributed as dstdist
 from .errors import ConfigError
+from .manifest import MANIFEST, CheckpointDamaged, verify_checkpoint, write_manifest
 
-MARKER = "dstrain_complete.json"
+MARKER = MANIFEST  # the manifest is the completion marker
 STAGING = ".staging"
 TAG_RE = re.compile(r"^step(\d+)$")
 
@@ -52,12 +55,21 @@ def complete_checkpoints(save_dir: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
+def step_folders(save_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of every step-named folder, complete or not, oldest first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), c) for c in save_dir.iterdir() if (m := TAG_RE.match(c.name)) and c.is_dir())
+
+
 def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_last: int = 2,
-         layout: Optional[Dict[str, Any]] = None) -> Path:
+         layout: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None) -> Path:
     """Write a checkpoint atomically; every rank must call this.
 
-    ``layout`` (world size, ZeRO stage) goes into the completion marker, so a resume
-    can refuse an incompatible layout before DeepSpeed reads any shard.
+    ``layout`` (world size, ZeRO stage) and ``info`` (the recipe, mask sparsity) go into
+    the manifest, so a resume can refuse an incompatible layout or recipe before
+    DeepSpeed reads any shard.
     """
     save_dir = Path(save_dir)
     staging = save_dir / STAGING
@@ -70,7 +82,7 @@ def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_l
     dstdist.barrier()
     final = save_dir / tag
     if dstdist.is_main():
-        _atomic_write_text(staging / tag / MARKER, json.dumps({"step": step, "tag": tag, **(layout or {})}))
+        write_manifest(staging / tag, {"step": step, "tag": tag, **(layout or {}), **(info or {})})
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging / tag, final)
@@ -81,23 +93,50 @@ def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_l
     return final
 
 
-def resolve_resume(resume: Optional[str], save_dir: Path) -> Optional[Path]:
-    """`auto` -> newest complete checkpoint under save_dir (or None); a path -> that checkpoint."""
+def _select(resume: str, save_dir: Path, log: Callable[[str], None]) -> Optional[Path]:
+    if resume == "auto":
+        found = step_folders(save_dir)
+        for _, folder in reversed(found):
+            try:
+                verify_checkpoint(folder)
+                return folder
+            except CheckpointDamaged as err:
+                log(f"skipping checkpoint {folder.name}: {err.file}: {err.reason}")
+        if found:
+            raise ConfigError("--resume auto", f"none of the {len(found)} checkpoint(s) under {save_dir} verifies "
+                              "(reasons above)", "start over with --overwrite, or restore the checkpoints")
+        return None
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError("--resume", f"{path} is not a folder",
+                          "pass a step folder under the output's checkpoints/, or --resume auto")
+    verify_checkpoint(path)
+    return path
+
+
+def resolve_resume(resume: Optional[str], save_dir: Path, log: Callable[[str], None] = print) -> Optional[Path]:
+    """`auto` -> newest checkpoint under save_dir that verifies (or None); a path -> that checkpoint, verified.
+
+    Rank 0 reads and hashes the files; every rank gets its answer (or its error), so
+    all ranks resume from the same folder and none waits on a rank that failed.
+    """
     if not resume:
         return None
-    if resume == "auto":
-        found = complete_checkpoints(save_dir)
-        return found[-1][1] if found else None
-    path = Path(resume)
-    if not (path / MARKER).is_file():
-        raise ConfigError("--resume", f"{path} is not a complete dstrain checkpoint (no {MARKER})",
-                          "pass a step folder under the output's checkpoints/, or --resume auto")
-    return path
+    outcome: Any = None
+    if dstdist.is_main():
+        try:
+            outcome = _select(resume, save_dir, log)
+        except ConfigError as err:
+            outcome = ("error", err.field, err.problem, err.fix)  # plain tuple: pickles across ranks
+    outcome = dstdist.all_gather_objects(outcome)[0]
+    if isinstance(outcome, tuple):
+        raise ConfigError(*outcome[1:])
+    return outcome
 
 
 def check_layout(checkpoint: Path, current: Dict[str, Any]) -> None:
     """ZeRO-1/2 shards optimizer state by data-parallel rank: a different world size cannot load it."""
-    saved = json.loads((checkpoint / MARKER).read_text())
+    saved = json.loads((checkpoint / MARKER).read_text())  # verified by resolve_resume
     stage = saved.get("zero_stage", 0)
     if stage != current["zero_stage"]:
         raise ConfigError("ds_config.zero_optimization.stage",

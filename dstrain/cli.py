@@ -3,6 +3,7 @@
     dstrain train  [launch/train.py options]   # train recipes (same options as launch/train.py)
     dstrain report RUN_DIR [RUN_DIR ...] --out OUT_DIR
     dstrain selfcheck                           # fused kernels vs the PyTorch reference on this GPU
+    dstrain verify CHECKPOINT [CHECKPOINT ...]  # check a checkpoint (or a checkpoints/ folder) against its manifest
 
 Each subcommand hands the rest of the command line to its own parser, so
 ``dstrain train --help`` and ``dstrain report --help`` show the full options.
@@ -29,6 +30,12 @@ def _selfcheck(argv: List[str]) -> int:
     return main(argv)
 
 
+def _verify(argv: List[str]) -> int:
+    from .manifest import main
+
+    return main(argv)
+
+
 def _train(argv: List[str]) -> int:
     """Runs launch/train.py's main; it lives in the source checkout, not in the installed package."""
     if not TRAIN_SCRIPT.is_file():
@@ -46,7 +53,8 @@ def _train(argv: List[str]) -> int:
         sys.argv[0] = prog
 
 
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report, "selfcheck": _selfcheck}
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report, "selfcheck": _selfcheck,
+                                                   "verify": _verify}
 
 
 def _usage() -> str:

@@ -23,10 +23,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from . import checkpoint as ckpt
 from . import distributed as dstdist
+from . import resume as dstresume
 from .controller import SparsityController
 from .errors import ConfigError
+from .manifest import read_manifest
 from .masks import MaskRegistry, match_parameter_names
 from .optim import MaskedAdamW, MaskedSGD
+from .preflight import check_output_dir, check_run_options
 from .recipe import Recipe
 from .tasks import Task, build_task
 from .throughput import TrainingClock
@@ -46,6 +49,7 @@ class TrainerOptions:
     progress: bool = True
     tensorboard: bool = True
     num_workers: int = 0
+    overwrite: bool = False  # a fresh run may discard checkpoints already in output_dir
 
 
 class TrainerCallback:
@@ -264,8 +268,10 @@ class SparseTrainer:
     # --- checkpoints -----------------------------------------------------------------------
     def _client_state(self, epoch: int, batch_in_epoch: int) -> Dict[str, Any]:
         # Position in optimizer steps, not micro-batches: valid after a change of world size.
+        # The partial epoch's loss sums make its train_loss identical after a resume.
         return {"epoch": epoch, "steps_in_epoch": batch_in_epoch // self.gas, "rng": _capture_rng(),
-                "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log}
+                "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log,
+                "epoch_loss": (self._loss_sum.detach().cpu().clone(), self._loss_n) if batch_in_epoch else None}
 
     @property
     def _layout(self) -> Dict[str, int]:
@@ -278,17 +284,27 @@ class SparseTrainer:
 
     def _save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
         dstdist.average_buffers(self.engine.module)
+        info = {"recipe": self.recipe.model_dump(mode="json"), "mask_sparsity": self.registry.mask_sparsity()}
         ckpt.save(self.engine, self.output_dir / "checkpoints", self.controller.step_count,
-                  self._client_state(epoch, batch_in_epoch), self.options.keep_last, self._layout)
+                  self._client_state(epoch, batch_in_epoch), self.options.keep_last, self._layout, info)
 
     def _maybe_resume(self) -> tuple:
-        path = ckpt.resolve_resume(self.options.resume, self.output_dir / "checkpoints")
+        path = ckpt.resolve_resume(self.options.resume, self.output_dir / "checkpoints", self._log)
         if path is None:
             return 0, 0
         ckpt.check_layout(path, self._layout)
+        manifest = read_manifest(path)  # verified by resolve_resume (all files, before any is read)
+        dstresume.check_recipe(path, manifest.get("recipe", {}), self.recipe.model_dump(mode="json"))
         state = ckpt.load(self.engine, path)
+        saved_sparsity, sparsity = manifest.get("mask_sparsity"), self.registry.mask_sparsity()
+        if saved_sparsity is not None and abs(saved_sparsity - sparsity) > 1e-9:  # belt and braces after hashes
+            raise ConfigError("--resume", f"{path}: loaded masks have sparsity {sparsity:.6f}, the checkpoint "
+                              f"recorded {saved_sparsity:.6f}", "resume from another checkpoint")
         _restore_rng(state["rng"])
         self.metrics_log = list(state.get("metrics_log", []))
+        if state.get("epoch_loss") is not None:
+            loss_sum, loss_n = state["epoch_loss"]
+            self._loss_sum, self._loss_n = loss_sum.to(self.device), int(loss_n)
         self._log(f"resumed from {path} at step {self.controller.step_count}")
         return int(state["epoch"]), int(state["steps_in_epoch"]) * self.gas
 
@@ -313,9 +329,14 @@ class SparseTrainer:
     # --- the loop --------------------------------------------------------------------------
     def train(self) -> Dict[str, Any]:
         start_time = time.time()
+        opts = self.options
+        check_run_options(opts.save_every, opts.max_steps, opts.num_workers, opts.keep_last)
+        check_output_dir(self.output_dir)
+        dstdist.init_distributed()
+        dstresume.guard_output_dir(self.output_dir, opts.resume, opts.overwrite, dstdist.is_main())
         self._build()
         self.metrics_log: List[Dict[str, Any]] = []
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
         self.writer = None
         if self.rank == 0 and self.options.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -335,7 +356,8 @@ class SparseTrainer:
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
-            stop, done, loss_sum, loss_n = self._train_epoch(epoch, skip_batches, progress)
+            stop, done = self._train_epoch(epoch, skip_batches, progress)
+            loss_sum, loss_n = self._loss_sum, self._loss_n
             self.clock.stop()
             skip_batches = 0
             all_batches = done == self.steps_per_epoch * self.gas
@@ -366,14 +388,17 @@ class SparseTrainer:
             (self.output_dir / "result.json").write_text(json.dumps(result, indent=2))
         return result
 
-    def _train_epoch(self, epoch: int, skip_batches: int, progress) -> Tuple[bool, int, torch.Tensor, int]:
+    def _train_epoch(self, epoch: int, skip_batches: int, progress) -> Tuple[bool, int]:
         """Micro-batches of one epoch from ``skip_batches`` on (after a resume).
 
-        Returns (stop requested by max_steps, micro-batches of the epoch done, loss sum, count).
+        Returns (stop requested by max_steps, micro-batches of the epoch done); the
+        epoch's loss sum and count are in ``self._loss_sum``/``_loss_n`` (checkpointed).
         """
         self.train_sampler.set_epoch(epoch)
         micro_per_epoch = self.steps_per_epoch * self.gas
-        loss_sum, loss_n, done = torch.zeros((), device=self.device), 0, skip_batches
+        done = skip_batches
+        if not skip_batches:
+            self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
         for micro_idx, batch in enumerate(self.train_loader):
             if micro_idx < skip_batches:
                 continue
@@ -383,8 +408,8 @@ class SparseTrainer:
             loss = self._loss(batch)
             self.engine.backward(loss)
             self.engine.step()
-            loss_sum += loss.detach().float()
-            loss_n += 1
+            self._loss_sum += loss.detach().float()
+            self._loss_n += 1
             done = micro_idx + 1
             if done % self.gas:
                 continue
@@ -399,8 +424,8 @@ class SparseTrainer:
             if self.options.save_every and step % self.options.save_every == 0 and done < micro_per_epoch:
                 self._save(epoch, done)
             if self.options.max_steps is not None and step >= self.options.max_steps:
-                return True, done, loss_sum, loss_n
-        return False, done, loss_sum, loss_n
+                return True, done
+        return False, done
 
     def _end_of_epoch(self, epoch: int, loss_sum: torch.Tensor, loss_n: int) -> None:
         metrics = self.evaluate()

@@ -14,6 +14,7 @@ import yaml
 
 from dstrain import ConfigError
 from dstrain import checkpoint as ckpt
+from dstrain.manifest import rewrite_manifest
 from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +119,8 @@ def test_zero3_and_changed_zero_layout_are_refused(tmp_path):
     marker = tmp_path / "a" / "checkpoints" / ckpt.tag_for(4) / ckpt.MARKER
     layout = json.loads(marker.read_text())
     assert layout["world_size"] == 1 and layout["zero_stage"] == 0
-    marker.write_text(json.dumps(dict(layout, zero_stage=2, world_size=4)))
+    # as if written by a 4-process ZeRO-2 run: a signed manifest with that layout
+    rewrite_manifest(marker.parent, zero_stage=2, world_size=4)
     with pytest.raises(ConfigError, match="written with ZeRO stage 2"):
         run(tiny_recipe(), tmp_path / "a", resume="auto")
 
