@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .masks import PrunableSelection
@@ -22,7 +22,23 @@ Unit = Literal["epoch", "step"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and types are strict: ``epochs: true`` or ``lr: "0.1"`` is refused
+    instead of becoming 1 or 0.1 (an int is still a valid float)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # YAML/JSON have lists, not tuples
+
+
+def _check_beta(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{value} must be in [0, 1) (e.g. 0.9, 0.999)")
+    return value
+
+
+Beta = Annotated[float, AfterValidator(_check_beta)]
 
 
 def _check_sparsity(value: float) -> float:
@@ -112,11 +128,11 @@ class PruningSpec(_Strict):
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(gt=0)
-    momentum: float = Field(default=0.9, ge=0)
-    dampening: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum >= 1 diverges")
+    dampening: float = Field(default=0.0, ge=0, le=1)
     nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
+    betas: Annotated[Tuple[Beta, Beta], BeforeValidator(_list_to_tuple)] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     backend: Literal["auto", "torch", "triton"] = "auto"
     no_weight_decay: List[str] = Field(default_factory=list,
@@ -131,7 +147,7 @@ class LRScheduleSpec(_Strict):
     warmup_start_factor: float = Field(default=0.0, ge=0, le=1)
     min_lr: float = Field(default=0.0, ge=0)
     milestones: List[float] = Field(default_factory=list)
-    gamma: float = Field(default=0.1, gt=0)
+    gamma: float = Field(default=0.1, gt=0, le=1, description="LR factor at each milestone")
     rewind_at_pruning: bool = Field(default=False, description="restart the LR shape at every mask update")
     cyclic: bool = Field(default=False, description="with rewind_at_pruning: each segment between mask updates "
                                                      "decays to min_lr by its own end (oBERT's cyclic_linear), "
@@ -148,7 +164,7 @@ class LRScheduleSpec(_Strict):
 class TrainingSpec(_Strict):
     epochs: float = Field(gt=0)
     batch_size: int = Field(gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32, description="numpy accepts seeds in [0, 2**32)")
     eval_every: int = Field(default=1, gt=0, description="epochs between evaluations")
 
 
@@ -161,7 +177,8 @@ class DistillationSpec(_Strict):
 class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
-    task: Dict[str, Any] = Field(default_factory=lambda: {"name": "digits"})
+    task: Dict[str, Any] = Field(description="required: no silent default (a recipe without it used to "
+                                             "train on digits); validated per task by dstrain.tasks")
     training: TrainingSpec
     optimizer: OptimizerSpec
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
@@ -256,7 +273,7 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
         fix = "remove it or check its spelling against the recipe format in README.md"
         msg = "unknown key"
     elif kind == "missing":
-        fix = "add it"
+        fix = "add it (e.g. task: {name: digits}; there is no default task)" if loc == "task" else "add it"
         msg = "required field is missing"
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         fix = "set kind to one of dense, constant, oneshot, gmp, acdc"
@@ -266,22 +283,64 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {loc or '<top level>'}", msg + extra, fix)
 
 
-def _check_lengths(recipe: Recipe, source: str) -> None:
-    """Cross-section checks (schedule vs training length), reported against the field to change."""
-    sched, epochs = recipe.pruning.schedule, recipe.training.epochs
-    if recipe.pruning.unit == "epoch":
-        field = {"gmp": "end", "oneshot": "at"}.get(sched.kind)  # the schedule's last event
-        if field and getattr(sched, field) > epochs:
-            raise ConfigError(f"{source}: pruning.schedule.{field}",
-                              f"epoch {getattr(sched, field):g} is after training.epochs ({epochs:g})",
-                              "shorten the schedule or train longer")
-        if sched.kind == "acdc" and sched.warmup + sched.final + sched.last_decompressed > epochs:
-            raise ConfigError(f"{source}: pruning.schedule",
-                              f"warmup + last_decompressed + final ({sched.warmup + sched.last_decompressed + sched.final}) "
-                              f"exceed training.epochs ({epochs:g})", "shorten the phases or train longer")
-    if recipe.lr_schedule.unit == "epoch" and recipe.lr_schedule.warmup >= epochs:
-        raise ConfigError(f"{source}: lr_schedule.warmup", f"{recipe.lr_schedule.warmup:g} epochs is not shorter than "
-                          f"training.epochs ({epochs:g})", "shorten the warm-up")
+def schedule_positions(recipe: "Recipe") -> List[Tuple[str, float, str, bool]]:
+    """(field, position, unit, must_be_before_end) of every scheduled event of the recipe.
+
+    An event at or after the end never happens (a one-shot prune at step 100000 of a
+    44-step run left the model dense with exit 0), so starts, one-shot points, LR
+    warm-up and milestones must lie strictly inside training; ends may equal it.
+    """
+    s, unit = recipe.pruning.schedule, recipe.pruning.unit
+    out: List[Tuple[str, float, str, bool]] = []
+    if s.kind == "oneshot":
+        out.append(("pruning.schedule.at", s.at, unit, True))
+    elif s.kind == "gmp":
+        out += [("pruning.schedule.start", s.start, unit, True), ("pruning.schedule.end", s.end, unit, False)]
+    elif s.kind == "acdc":
+        out.append(("pruning.schedule", s.warmup + s.last_decompressed + s.final, unit, False))
+    lr = recipe.lr_schedule
+    if lr.warmup:
+        out.append(("lr_schedule.warmup", lr.warmup, lr.unit, True))
+    out += [(f"lr_schedule.milestones.{i}", m, lr.unit, True) for i, m in enumerate(lr.milestones)]
+    return out
+
+
+def check_schedule_positions(recipe: "Recipe", source: str = "recipe",
+                             steps_per_epoch: Optional[int] = None) -> None:
+    """Every event inside the training, in both units: epoch units at load time, step units once
+    the trainer knows the steps per epoch (``steps_per_epoch``)."""
+    epochs = recipe.training.epochs
+    for field, pos, unit, before_end in schedule_positions(recipe):
+        if unit == "epoch":
+            limit, end = epochs, f"training.epochs ({epochs:g})"
+        elif steps_per_epoch:
+            limit = recipe.total_steps(steps_per_epoch)
+            end = f"the end of training ({limit} steps: training.epochs {epochs:g} x {steps_per_epoch} steps per epoch)"
+        else:
+            continue
+        if pos < limit or (pos == limit and not before_end):
+            continue
+        if field == "pruning.schedule":
+            problem = f"warmup + last_decompressed + final ({pos:g} {unit}s) exceed {end}"
+        elif field == "lr_schedule.warmup" and unit == "epoch":
+            problem = f"{pos:g} epochs is not shorter than {end}"
+        else:
+            problem = f"{unit} {pos:g} is {'at or ' if before_end and pos == limit else ''}after {end}"
+        raise ConfigError(f"{source}: {field}", problem,
+                          "shorten the schedule or train longer" + (" (pruning.unit / lr_schedule.unit: "
+                                                                    "step counts optimizer steps)" if unit == "step" else ""))
+
+
+def _check_cross_fields(recipe: "Recipe", source: str) -> None:
+    """Checks across sections, reported against the field to change."""
+    check_schedule_positions(recipe, source)
+    if recipe.lr_schedule.min_lr > recipe.optimizer.lr:
+        raise ConfigError(f"{source}: lr_schedule.min_lr", f"{recipe.lr_schedule.min_lr:g} is above optimizer.lr "
+                          f"({recipe.optimizer.lr:g}): the LR would rise during training",
+                          "set min_lr <= lr (e.g. lr / 10, or 0)")
+    from .tasks import check_task_config  # the task section is validated by its task's own schema
+
+    check_task_config(recipe.task, f"{source}: task")
 
 
 def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
@@ -291,7 +350,7 @@ def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise _format_validation_error(err, source) from None
-    _check_lengths(recipe, source)
+    _check_cross_fields(recipe, source)
     return recipe
 
 
@@ -301,9 +360,16 @@ def load_recipe(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = No
     if not path.is_file():
         raise ConfigError("--recipe", f"{path} does not exist", "pass a YAML file, e.g. recipes/digits_gmp90.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("--recipe", f"{path} is not a text file (not UTF-8)",
+                          "pass a YAML recipe, e.g. recipes/digits_gmp90.yaml") from None
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), f"is not valid YAML ({err})", "fix the syntax") from None
+        problem = " ".join(str(err).split())  # one line
+        raise ConfigError(str(path), f"is not valid YAML ({problem})", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"is {'empty' if data is None else 'a YAML ' + type(data).__name__}, "
+                          "not a recipe mapping", "see recipes/ for examples")
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return parse_recipe(data, str(path))

@@ -25,12 +25,13 @@ from . import checkpoint as ckpt
 from . import distributed as dstdist
 from . import resume as dstresume
 from .controller import SparsityController
+from .dsconfig import validate_ds_config
 from .errors import ConfigError
 from .manifest import read_manifest
 from .masks import MaskRegistry, match_parameter_names
 from .optim import MaskedAdamW, MaskedSGD
 from .preflight import check_output_dir, check_run_options
-from .recipe import Recipe
+from .recipe import Recipe, check_schedule_positions
 from .tasks import Task, build_task
 from .throughput import TrainingClock
 from .zero import PartitionMasks
@@ -90,7 +91,7 @@ def _seed_everything(seed: int) -> None:
 
 def resolve_ds_config(ds_config: Dict[str, Any], recipe: Recipe, world: int) -> Dict[str, Any]:
     """Fill batch sizes from the recipe; refuse combinations DeepSpeed would reject later, obscurely."""
-    cfg = copy.deepcopy(ds_config)
+    cfg = copy.deepcopy(validate_ds_config(ds_config))
     global_batch = recipe.training.batch_size
     given = cfg.get("train_batch_size", "auto")
     if given not in ("auto", None) and int(given) != global_batch:
@@ -193,6 +194,8 @@ class SparseTrainer:
         if self.steps_per_epoch < 1:
             raise ConfigError("training.batch_size", f"{self.recipe.training.batch_size} is larger than "
                               f"the training set ({len(train_set)} examples)", "use a smaller batch_size")
+        # step-unit schedule positions can only be checked now that an epoch's length is known
+        check_schedule_positions(self.recipe, f"recipe {self.recipe.name}", self.steps_per_epoch)
 
         self.registry = MaskRegistry(model, self.recipe.pruning.selection())
         client_optimizer = build_optimizer(model, self.recipe)

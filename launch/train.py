@@ -30,7 +30,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--deepspeed_config", "--ds_config", dest="ds_config", default=str(REPO / "launch" / "ds_config.json"),
                    help="DeepSpeed JSON config (batch sizes may be 'auto': the recipe decides)")
     p.add_argument("--output_dir", default="runs", help="runs are written to OUTPUT_DIR/<recipe name>")
-    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint) or a checkpoint folder")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest checkpoint that verifies against its manifest) or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an output folder that holds another run's checkpoints (deletes them)")
     p.add_argument("--save_every", type=int, default=0, help="optimizer steps between checkpoints (0: per epoch end)")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (and save)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -52,20 +55,21 @@ def _parse_overrides(items: List[str]) -> Dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item}", "expected KEY=VALUE", "e.g. --set training.epochs=5")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"--set {item}", f"{key!r} is not a dotted recipe key", "e.g. --set training.epochs=5")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"--set {key.strip()}", f"value {value!r} is not valid YAML ({problem})",
+                              "quote strings and close brackets, e.g. --set 'training.epochs=5'") from None
     return out
 
 
 def _load_ds_config(path: str) -> Dict[str, Any]:
-    from dstrain.errors import ConfigError
+    from dstrain.dsconfig import load_ds_config
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("--deepspeed_config", f"{p} does not exist", "pass a JSON file such as launch/ds_config.json")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(str(p), f"is not valid JSON ({err})", "fix the syntax") from None
+    return load_ds_config(path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -81,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for recipe in recipes:
             options = TrainerOptions(output_dir=Path(args.output_dir) / recipe.name, ds_config=ds_config,
                                      save_every=args.save_every, resume=args.resume, max_steps=args.max_steps,
-                                     progress=not args.no_progress, num_workers=args.num_workers)
+                                     progress=not args.no_progress, num_workers=args.num_workers,
+                                     overwrite=args.overwrite)
             results.append(SparseTrainer(recipe, options).train())
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 BASE = {
     "name": "t",
+    "task": {"name": "digits"},
     "training": {"epochs": 10, "batch_size": 32},
     "optimizer": {"name": "sgd", "lr": 0.1},
     "pruning": {"schedule": {"kind": "gmp", "final_sparsity": 0.9, "start": 1, "end": 8, "frequency": 1}},

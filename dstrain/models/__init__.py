@@ -1,14 +1,68 @@
 """Model factories by name (torchvision ResNets and small CIFAR-style ResNets)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List, Literal, Optional, Type
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from ..errors import ConfigError
 from .small_resnet import SmallResNet
 
 ARCHS = ("small_resnet", "resnet18", "resnet34", "resnet50")
+
+
+class _ArchOptions(BaseModel):
+    """``task.arch_options`` go straight into a model constructor: typed per architecture here."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SmallResNetOptions(_ArchOptions):
+    depth: int = Field(default=8, ge=8, description="6n+2")
+    width: int = Field(default=32, gt=0, le=4096)
+    norm: Literal["batch", "none"] = "batch"
+
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_two(cls, value: int) -> int:
+        if (value - 2) % 6:
+            raise ValueError(f"{value} is not 6n+2 (use 8, 14, 20, 32, 44, 56 or 110)")
+        return value
+
+
+class BasicResNetOptions(_ArchOptions):
+    """torchvision resnet18/34 (BasicBlock: groups and width_per_group must stay at their defaults)."""
+
+    zero_init_residual: bool = False
+
+
+class BottleneckResNetOptions(BasicResNetOptions):
+    groups: int = Field(default=1, gt=0)
+    width_per_group: int = Field(default=64, gt=0)
+    replace_stride_with_dilation: Optional[List[bool]] = Field(default=None, min_length=3, max_length=3)
+
+
+ARCH_OPTIONS: Dict[str, Type[_ArchOptions]] = {"small_resnet": SmallResNetOptions, "resnet18": BasicResNetOptions,
+                                               "resnet34": BasicResNetOptions, "resnet50": BottleneckResNetOptions}
+
+
+def check_arch_options(arch: str, options: Any, field: str = "task") -> None:
+    """One ConfigError line for an unknown architecture or a bad/unknown ``arch_options`` key."""
+    if arch not in ARCH_OPTIONS:
+        raise ConfigError(f"{field}.arch", f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHS)}")
+    try:
+        ARCH_OPTIONS[arch].model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        allowed = ", ".join(ARCH_OPTIONS[arch].model_fields)
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{field}.arch_options.{loc}", f"is not an option of {arch}",
+                              f"use only {allowed}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{field}.arch_options{'.' + loc if loc else ''}", f"{first.get('input')!r}: {msg}",
+                          f"{arch} takes {allowed}") from None
 
 
 def build_vision_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
@@ -25,4 +79,4 @@ def build_vision_model(arch: str, num_classes: int, in_channels: int = 3, **kwar
     raise ConfigError("task.arch", f"unknown architecture {arch!r}", f"use one of {ARCHS}")
 
 
-__all__ = ["SmallResNet", "build_vision_model", "ARCHS"]
+__all__ = ["SmallResNet", "build_vision_model", "check_arch_options", "ARCHS", "ARCH_OPTIONS"]

@@ -1,32 +1,68 @@
 """Task factory: the recipe's ``task`` section names one of these."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Type
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from .base import Task
 
 IMAGE_TASKS = ("digits", "imagefolder", "synthetic")
+TASKS = IMAGE_TASKS + ("glue",)
+
+
+def _config_class(name: Any, field: str) -> Type[BaseModel]:
+    if name in IMAGE_TASKS:
+        from .image import ImageTaskConfig
+
+        return ImageTaskConfig
+    if name == "glue":
+        from .glue import GlueTaskConfig
+
+        return GlueTaskConfig
+    if name is None:
+        raise ConfigError(f"{field}.name", "is missing", f"name the task: one of {', '.join(TASKS)}")
+    raise ConfigError(f"{field}.name", f"unknown task {name!r}", f"use one of {', '.join(TASKS)}")
+
+
+def validate_task_config(config: Any, field: str = "task") -> BaseModel:
+    """The task section as its task's pydantic config (unknown keys, types, ranges, arch_options).
+
+    Recipes call this at load time so a bad ``task`` fails before any data or model is built.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(field, f"{config!r} is not a mapping", "write e.g. task: {name: digits}")
+    cls = _config_class(config.get("name"), field)
+    try:
+        validated = cls.model_validate(config)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+        value = first.get("input")
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        fix = ("remove it or check its spelling against README.md 'Recipe format'" if first["type"] == "extra_forbidden"
+               else f"got {value!r}; see README.md 'Recipe format'")
+        raise ConfigError(f"{field}.{loc}", msg, fix) from None
+    check_options = getattr(validated, "check_options", None)
+    if check_options is not None:
+        check_options(field)
+    return validated
+
+
+def check_task_config(config: Any, field: str = "task") -> None:
+    validate_task_config(config, field)
 
 
 def build_task(config: Dict[str, Any], field: str = "task") -> Task:
-    name = config.get("name")
-    try:
-        if name in IMAGE_TASKS:
-            from .image import ImageClassificationTask, ImageTaskConfig
+    validated = validate_task_config(config, field)
+    if config.get("name") in IMAGE_TASKS:
+        from .image import ImageClassificationTask
 
-            return ImageClassificationTask(ImageTaskConfig.model_validate(config))
-        if name == "glue":
-            from .glue import GlueTask, GlueTaskConfig
+        return ImageClassificationTask(validated)
+    from .glue import GlueTask
 
-            return GlueTask(GlueTaskConfig.model_validate(config))
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{field}.{loc}", first["msg"], "see README.md 'Recipe format'") from None
-    raise ConfigError(f"{field}.name", f"unknown task {name!r}", f"use one of {IMAGE_TASKS + ('glue',)}")
+    return GlueTask(validated)
 
 
-__all__ = ["Task", "build_task"]
+__all__ = ["Task", "build_task", "check_task_config", "validate_task_config"]

@@ -36,7 +36,7 @@ class GlueTaskConfig(BaseModel):
     """The recipe's ``task`` section for GLUE."""
 
     # protected_namespaces=(): allow the field name ``model_dir``.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
 
     name: Literal["glue"] = "glue"
     glue_task: str

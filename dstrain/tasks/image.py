@@ -8,18 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..models import build_vision_model
+from ..errors import ConfigError
+from ..models import build_vision_model, check_arch_options
 from .base import Task
 
 
 class ImageTaskConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Literal["digits", "imagefolder", "synthetic"] = "digits"
     arch: str = "small_resnet"
     arch_options: Dict[str, Any] = Field(default_factory=dict)
     data_dir: Optional[str] = None
-    num_classes: Optional[int] = None
+    num_classes: Optional[int] = Field(default=None, ge=2, description="default: the data's class count")
     image_size: int = Field(default=224, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     channels_last: bool = False
@@ -27,6 +28,10 @@ class ImageTaskConfig(BaseModel):
     num_workers: int = Field(default=0, ge=0)
     pin_memory: Optional[bool] = Field(default=None, description="page-locked batches; default: on with CUDA")
     synthetic_size: int = Field(default=10_000, gt=0, description="examples per epoch for name: synthetic")
+
+    def check_options(self, field: str = "task") -> None:
+        """``arch_options`` against the chosen architecture's own schema (they go to its constructor)."""
+        check_arch_options(self.arch, self.arch_options, field)
 
 
 class ImageClassificationTask(Task):
@@ -59,6 +64,10 @@ class ImageClassificationTask(Task):
 
                 train, val = build_imagefolder_datasets(self.config.data_dir, self.config.image_size)
                 self._datasets = (train, val)
+                if self._num_classes is not None and self._num_classes < len(train.classes):
+                    raise ConfigError("task.num_classes", f"{self._num_classes} is fewer than the "
+                                      f"{len(train.classes)} class folders of {self.config.data_dir}/train",
+                                      "remove num_classes (the folders decide) or raise it")
                 self._num_classes = self._num_classes or len(train.classes)
         return self._datasets
 

@@ -1,0 +1,103 @@
+"""The DeepSpeed JSON config, checked at the boundary for the keys dstrain reads.
+
+DeepSpeed validates lazily: ``train_batch_size: "abc"`` or ``zero_optimization: 2``
+surface as a ``ValueError``/``AttributeError`` (or ``ZeroDivisionError`` for an
+accumulation of 0) somewhere inside ``deepspeed.initialize``.  The keys dstrain itself
+reads — batch sizes, ZeRO stage, precision switches, gradient clipping — are typed
+here with pydantic, one :class:`~dstrain.errors.ConfigError` line per mistake; every
+other key passes through to DeepSpeed unchanged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Dict, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+
+from .errors import ConfigError
+
+Auto = Literal["auto"]
+Count = Optional[Union[Auto, Annotated[StrictInt, Field(gt=0)]]]
+
+FIXES = {
+    "train_batch_size": '"auto" (the recipe\'s training.batch_size decides) or a positive integer',
+    "train_micro_batch_size_per_gpu": '"auto" or a positive integer',
+    "gradient_accumulation_steps": '"auto" or a positive integer',
+    "zero_optimization": 'an object such as {"stage": 2}',
+    "zero_optimization.stage": "0, 1 or 2 (an integer; stage 3 is refused later with its reason)",
+    "bf16": 'an object such as {"enabled": true}',
+    "fp16": 'an object such as {"enabled": false}',
+    "bf16.enabled": "true or false",
+    "fp16.enabled": "true or false",
+    "gradient_clipping": "a number >= 0 (0 disables clipping)",
+}
+
+
+class _Open(BaseModel):
+    """Typed keys dstrain reads; any other key is DeepSpeed's business and kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ZeroSection(_Open):
+    stage: Literal[0, 1, 2, 3] = 0
+
+
+class PrecisionSection(_Open):
+    enabled: Union[StrictBool, Auto] = False
+
+
+class DSConfig(_Open):
+    train_batch_size: Count = "auto"
+    train_micro_batch_size_per_gpu: Count = "auto"
+    gradient_accumulation_steps: Count = "auto"
+    zero_optimization: ZeroSection = Field(default_factory=ZeroSection)
+    bf16: PrecisionSection = Field(default_factory=PrecisionSection)
+    fp16: PrecisionSection = Field(default_factory=PrecisionSection)
+    gradient_clipping: Annotated[Union[StrictInt, StrictFloat], Field(ge=0)] = 1.0
+
+
+def validate_ds_config(cfg: Any, path: Optional[Path] = None) -> Dict[str, Any]:
+    """Check the keys dstrain reads; returns ``cfg`` unchanged (DeepSpeed fills its own defaults)."""
+    where = f" in {path}" if path else ""
+    if not isinstance(cfg, dict):
+        raise ConfigError("ds_config", f"must be a JSON object, got a {type(cfg).__name__}{where}",
+                          'write {"train_batch_size": "auto", ...} as in launch/ds_config.json')
+    try:
+        DSConfig.model_validate(cfg)
+    except ValidationError as err:
+        first = err.errors()[0]
+        # drop pydantic's union branch labels (e.g. "literal['auto']", "int") from the location
+        parts = [str(p) for p in first["loc"] if isinstance(p, int) or str(p) in _FIELD_NAMES]
+        loc = ".".join(parts)
+        value = first.get("input")
+        for key in (loc, loc.split(".")[0]):
+            if key in FIXES:
+                fix = f"use {FIXES[key]}"
+                break
+        else:
+            fix = "see launch/ds_config.json"
+        raise ConfigError(f"ds_config.{loc}", f"{value!r}{where} is not valid", fix) from None
+    return cfg
+
+
+_FIELD_NAMES = {k.split(".")[-1] for k in FIXES}
+
+
+def load_ds_config(path: Union[str, Path], flag: str = "--deepspeed_config") -> Dict[str, Any]:
+    """Read and validate a DeepSpeed JSON file; every problem is one line naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(flag, f"{p} does not exist" if not p.exists() else f"{p} is not a file",
+                          "pass a JSON file such as launch/ds_config.json")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(flag, f"{p} is not a text file (not UTF-8)", "pass a JSON file such as "
+                          "launch/ds_config.json") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(str(p), f"is not valid JSON ({err})", "fix the syntax") from None
+    return validate_ds_config(data, p)
