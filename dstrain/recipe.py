@@ -146,7 +146,7 @@ class LRScheduleSpec(_Strict):
     warmup: float = Field(default=0, ge=0)
     warmup_start_factor: float = Field(default=0.0, ge=0, le=1)
     min_lr: float = Field(default=0.0, ge=0)
-    milestones: List[float] = Field(default_factory=list)
+    milestones: List[Annotated[float, Field(ge=0)]] = Field(default_factory=list)
     gamma: float = Field(default=0.1, gt=0, le=1, description="LR factor at each milestone")
     rewind_at_pruning: bool = Field(default=False, description="restart the LR shape at every mask update")
     cyclic: bool = Field(default=False, description="with rewind_at_pruning: each segment between mask updates "

@@ -185,7 +185,8 @@ class SparseTrainer:
         self.train_sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
                                                 shuffle=True, seed=self.recipe.training.seed, drop_last=True)
         self.train_loader = DataLoader(train_set, batch_size=micro, sampler=self.train_sampler, drop_last=True,
-                                       collate_fn=self.task.collate_fn, num_workers=workers,
+                                       collate_fn=self.task.train_collate_fn or self.task.collate_fn,
+                                       num_workers=workers,
                                        pin_memory=pin, persistent_workers=workers > 0)
         self.eval_loader = DataLoader(eval_set, batch_size=max(micro, 64),
                                       sampler=_ShardSampler(len(eval_set), self.rank, self.world),
@@ -274,7 +275,8 @@ class SparseTrainer:
         # The partial epoch's loss sums make its train_loss identical after a resume.
         return {"epoch": epoch, "steps_in_epoch": batch_in_epoch // self.gas, "rng": _capture_rng(),
                 "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log,
-                "epoch_loss": (self._loss_sum.detach().cpu().clone(), self._loss_n) if batch_in_epoch else None}
+                "epoch_loss": (self._loss_sum.detach().cpu().clone(), self._loss_n) if batch_in_epoch else None,
+                "epoch_skipped": self._skipped if batch_in_epoch else None}
 
     @property
     def _layout(self) -> Dict[str, int]:
@@ -308,6 +310,8 @@ class SparseTrainer:
         if state.get("epoch_loss") is not None:
             loss_sum, loss_n = state["epoch_loss"]
             self._loss_sum, self._loss_n = loss_sum.to(self.device), int(loss_n)
+        if state.get("epoch_skipped") is not None:
+            self._skipped = state["epoch_skipped"]
         self._log(f"resumed from {path} at step {self.controller.step_count}")
         return int(state["epoch"]), int(state["steps_in_epoch"]) * self.gas
 
@@ -340,6 +344,7 @@ class SparseTrainer:
         self._build()
         self.metrics_log: List[Dict[str, Any]] = []
         self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
+        self._skipped: Optional[int] = None  # unreadable examples skipped this epoch (tasks that skip)
         self.writer = None
         if self.rank == 0 and self.options.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -401,12 +406,15 @@ class SparseTrainer:
         micro_per_epoch = self.steps_per_epoch * self.gas
         done = skip_batches
         if not skip_batches:
-            self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
+            self._loss_sum, self._loss_n, self._skipped = torch.zeros((), device=self.device), 0, None
         for micro_idx, batch in enumerate(self.train_loader):
             if micro_idx < skip_batches:
                 continue
             if micro_idx >= micro_per_epoch or self.controller.finished:
                 break
+            skipped = self.task.skipped_in_batch(batch)
+            if skipped is not None:
+                self._skipped = (self._skipped or 0) + int(skipped)
             self.controller.begin_step()
             loss = self._loss(batch)
             self.engine.backward(loss)
@@ -442,6 +450,9 @@ class SparseTrainer:
                "compressed": self.controller.last_step_compressed, "lr": self.controller.get_last_lr()[0],
                "mask_change_rate": (sum(flips) / len(flips)) if flips else None,
                "layer_sparsity": self.registry.layer_sparsity()}
+        counts = [c for c in dstdist.all_gather_objects(self._skipped) if c is not None]
+        if counts:  # bad_images: skip — unreadable training images skipped this epoch, all ranks
+            row["skipped_images"] = sum(counts)
         self._record(row)
         self._log(f"epoch {epoch + 1}: train_loss={train_loss:.4f} val_{self.task.primary_metric}="
                   f"{metrics[self.task.primary_metric]:.4f} sparsity={row['sparsity']:.4f}")

@@ -79,6 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from dstrain.errors import ConfigError
 
     try:
+        from dstrain.preflight import check_run_options
+
+        check_run_options(args.save_every, args.max_steps, args.num_workers, keep_last=2)
         recipes = [load_recipe(r, _parse_overrides(args.overrides)) for r in (args.recipe or DEFAULT_RECIPES)]
         ds_config = _load_ds_config(args.ds_config)
         results = []

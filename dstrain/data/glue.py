@@ -225,7 +225,14 @@ def _load_tsv_dir(spec: GlueTaskSpec, d: str, splits: Sequence[str]) -> DatasetD
                 f"split {split!r} of {spec.name}: file {path} not found; the GLUE layout has "
                 f"{', '.join(spec.tsv.split_files.values())} in {d}"
             )
-        result[split] = Dataset.from_dict(_read_tsv_split(spec, path), features=feats)
+        try:
+            columns = _read_tsv_split(spec, path)
+        except UnicodeDecodeError as err:  # a binary or mis-encoded file: name it (the codec error does not)
+            raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); expected the GLUE "
+                             f"{spec.tsv.dirname} TSV") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: {err}; expected the GLUE {spec.tsv.dirname} TSV") from None
+        result[split] = Dataset.from_dict(columns, features=feats)
     return DatasetDict(result)
 
 

@@ -12,7 +12,7 @@ that layout, for tests and for trying the pipeline without ImageNet.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
 
@@ -115,6 +115,85 @@ def build_imagefolder_datasets(data_dir: Union[str, Path, None], image_size: int
     return train, val
 
 
+#: What a broken image raises in PIL: truncated data (OSError), unknown format
+#: (UnidentifiedImageError, an OSError), bad PNG chunks (SyntaxError), short reads (EOFError).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+BAD_IMAGE_FIX = ("remove or replace it; or set task.bad_images: skip (skip and count unreadable training "
+                 "images; --set task.bad_images=skip)")
+
+
+def _read_error(path: str) -> Optional[str]:
+    """Why ``path`` cannot be decoded into an RGB image, or None if it can (full decode, as training does)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB")
+        return None
+    except IMAGE_ERRORS as err:
+        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def scan_images(paths: Sequence[str], rank: int = 0, world: int = 1) -> List[Tuple[str, str]]:
+    """(path, reason) of every unreadable image among this rank's share (``paths[rank::world]``)."""
+    return [(p, reason) for p in list(paths)[rank::world] if (reason := _read_error(p)) is not None]
+
+
+def prescan(datasets: Dict[str, Any], field: str = FIELD) -> None:
+    """Decode every image of ``datasets`` (split name -> ImageFolder) before training; ranks split the work.
+
+    Stops with one line naming the first unreadable file and the reason, so a run
+    never dies mid-epoch (or after a whole epoch, at validation) on a broken file.
+    """
+    from .. import distributed as dstdist
+
+    for split, dataset in datasets.items():
+        bad = scan_images([path for path, _ in dataset.samples], dstdist.rank(), dstdist.world_size())
+        bad = sorted(b for part in dstdist.all_gather_objects(bad) for b in part)
+        if bad:
+            more = f" ({len(bad)} unreadable {split} images in all)" if len(bad) > 1 else ""
+            raise ConfigError(field, f"unreadable {split} image {bad[0][0]}: {bad[0][1]}{more}",
+                              BAD_IMAGE_FIX if split == "train" else "remove or replace it (validation "
+                              "images are always checked before training)")
+
+
+class SkippingImageFolder:
+    """Wraps a training ImageFolder: an unreadable image yields None (named once on stderr) instead of
+    raising; :func:`collate_skipping` drops it and counts it, so the trainer can report the count."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.classes = dataset.classes
+        self.samples = dataset.samples
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except IMAGE_ERRORS as err:
+            import sys
+
+            print(f"[dstrain] skipped unreadable image {self.dataset.samples[index][0]}: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            return None
+
+
+def collate_skipping(items: List[Any]) -> Tuple[Any, Any, int]:
+    """(images, labels, number skipped) from a list that may hold None for skipped images."""
+    import torch
+    from torch.utils.data import default_collate
+
+    kept = [x for x in items if x is not None]
+    skipped = len(items) - len(kept)
+    if not kept:  # a whole micro-batch unreadable: a batch of size 0 would give a NaN loss
+        raise ConfigError(FIELD, f"all {len(items)} images of a training batch are unreadable (names above)",
+                          "fix the data set; skipping is meant for a few broken files")
+    images, labels = default_collate(kept)
+    return images, labels, torch.tensor(skipped)
+
+
 # Base colours of the synthetic classes: far apart, so a tiny model separates them in a few steps.
 _PALETTE = [(220, 40, 40), (40, 200, 40), (40, 70, 220), (230, 210, 30), (200, 40, 210), (30, 200, 210),
             (240, 140, 20), (120, 120, 120), (250, 250, 250), (20, 20, 20)]
@@ -162,4 +241,5 @@ def make_tiny_imagefolder(root: Union[str, Path], classes: Union[int, Sequence[s
 
 
 __all__ = ["build_imagefolder_datasets", "check_imagefolder", "make_tiny_imagefolder", "train_transform",
+           "prescan", "scan_images", "SkippingImageFolder", "collate_skipping",
            "val_transform", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -22,6 +22,12 @@ class Task(abc.ABC):
     primary_metric: str = "accuracy"
     #: Collate function for the DataLoader (None = torch default).
     collate_fn: Optional[Callable] = None
+    #: Collate function for the training loader only, if it differs (e.g. one that drops unreadable images).
+    train_collate_fn: Optional[Callable] = None
+
+    def skipped_in_batch(self, batch: Any) -> Optional[Tensor]:
+        """How many examples of ``batch`` were unreadable and skipped; None if this task never skips."""
+        return None
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

@@ -28,6 +28,10 @@ class ImageTaskConfig(BaseModel):
     num_workers: int = Field(default=0, ge=0)
     pin_memory: Optional[bool] = Field(default=None, description="page-locked batches; default: on with CUDA")
     synthetic_size: int = Field(default=10_000, gt=0, description="examples per epoch for name: synthetic")
+    bad_images: Literal["prescan", "skip"] = Field(
+        default="prescan", description="imagefolder: 'prescan' decodes every image before training and stops "
+        "on the first unreadable one (safe; minutes for ImageNet); 'skip' skips and counts unreadable "
+        "training images (metrics: skipped_images per epoch). Validation images are always pre-scanned.")
 
     def check_options(self, field: str = "task") -> None:
         """``arch_options`` against the chosen architecture's own schema (they go to its constructor)."""
@@ -62,7 +66,15 @@ class ImageClassificationTask(Task):
             else:
                 from ..data.imagefolder import build_imagefolder_datasets
 
+                from ..data.imagefolder import SkippingImageFolder, collate_skipping, prescan
+
                 train, val = build_imagefolder_datasets(self.config.data_dir, self.config.image_size)
+                if self.config.bad_images == "prescan":
+                    prescan({"train": train, "val": val})
+                else:
+                    prescan({"val": val})  # validation data is checked before the first training step
+                    train = SkippingImageFolder(train)
+                    self.train_collate_fn = collate_skipping
                 self._datasets = (train, val)
                 if self._num_classes is not None and self._num_classes < len(train.classes):
                     raise ConfigError("task.num_classes", f"{self._num_classes} is fewer than the "
@@ -79,8 +91,12 @@ class ImageClassificationTask(Task):
             model = model.to(memory_format=torch.channels_last)
         return model
 
+    def skipped_in_batch(self, batch: Any) -> Optional[Tensor]:
+        """Unreadable images dropped from this batch (bad_images: skip), else None."""
+        return batch[2] if self.config.bad_images == "skip" and len(batch) == 3 else None
+
     def forward(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Tensor]:
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         dtype = next(model.parameters()).dtype
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         images = images.to(device, dtype=dtype, non_blocking=True).contiguous(memory_format=memory_format)
