@@ -1,0 +1,83 @@
+"""Broken data files are named (path and reason) before training, or skipped and counted."""
+import json
+from pathlib import Path
+
+import pytest
+
+from dstrain import ConfigError, build_task, parse_recipe
+from dstrain.data.glue import load_glue
+from dstrain.data.imagefolder import make_tiny_imagefolder
+from helpers import run
+
+SIZE = 16
+
+
+def _folder(tmp_path: Path) -> Path:
+    return make_tiny_imagefolder(tmp_path / "data", classes=3, per_class=8, val_per_class=2, size=20)
+
+
+def _task(data_dir, **extra):
+    return {"name": "imagefolder", "arch": "small_resnet", "data_dir": str(data_dir), "image_size": SIZE,
+            "arch_options": {"depth": 8, "width": 4, "norm": "none"}, **extra}
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+DAMAGES = {
+    "truncated jpeg": (lambda p: _truncate(p), "OSError"),
+    "zero bytes": (lambda p: p.write_bytes(b""), "UnidentifiedImageError"),
+    "garbage": (lambda p: p.write_bytes(b"this is not an image" * 50), "UnidentifiedImageError"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_prescan_names_the_unreadable_image_before_training(tmp_path, damage):
+    root = _folder(tmp_path)
+    broken = root / "train" / "class1" / "img002.jpg"
+    apply, reason = DAMAGES[damage]
+    apply(broken)
+    task = build_task(_task(root))
+    with pytest.raises(ConfigError, match=rf"^task\.data_dir: unreadable train image {broken}: {reason}.* — "
+                                          r"remove or replace it; or set task\.bad_images: skip") as err:
+        task.build_datasets()  # the trainer's first data step, before any model or optimizer
+    assert "\n" not in str(err.value)
+
+
+def test_corrupt_validation_image_stops_before_training_even_when_skipping(tmp_path):
+    root = _folder(tmp_path)
+    broken = root / "val" / "class0" / "img001.png"
+    _truncate(broken)
+    recipe = parse_recipe({"name": "faulty", "task": _task(root, bad_images="skip"),
+                           "training": {"epochs": 1, "batch_size": 8}, "optimizer": {"name": "sgd", "lr": 0.05}})
+    with pytest.raises(ConfigError, match=rf"^task\.data_dir: unreadable val image {broken}: "):
+        run(recipe, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_skip_mode_trains_and_counts_unreadable_images_per_epoch(tmp_path, capfd):
+    root = _folder(tmp_path)
+    broken = [root / "train" / "class0" / "img000.jpg", root / "train" / "class2" / "img003.png"]
+    _truncate(broken[0])
+    broken[1].write_bytes(b"")
+    recipe = parse_recipe({"name": "faulty", "task": _task(root, bad_images="skip"),
+                           "training": {"epochs": 2, "batch_size": 8}, "optimizer": {"name": "sgd", "lr": 0.05},
+                           "lr_schedule": {"shape": "constant"}})
+    _, result = run(recipe, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 24 training images in 3 batches of 8, no batch dropped: every epoch meets both broken files
+    assert [r["skipped_images"] for r in rows] == [2, 2]
+    assert result["steps"] == 6
+    err = capfd.readouterr().err
+    for path in broken:
+        assert f"skipped unreadable image {path}: " in err
+
+
+def test_binary_glue_tsv_is_named(tmp_path):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    (folder / "train.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe\x00\x81 binary\t1\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\nfine .\t1\n")
+    with pytest.raises(ValueError, match=rf"{folder / 'train.tsv'} is not UTF-8 text \(byte \d+: "):
+        load_glue("sst2", tmp_path)
