@@ -15,7 +15,7 @@ def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     run(tiny_recipe(**{"name": "tiny_dense", "training.epochs": 1, "pruning.schedule": {"kind": "dense"}}),
         root / "tiny_dense")
-    run(tiny_recipe(**{"name": "tiny_gmp", "training.epochs": 1}), root / "tiny_gmp")
+    run(tiny_recipe(**{"name": "tiny_gmp", "training.epochs": 1, "pruning.schedule.end": 11}), root / "tiny_gmp")
     return root
 
 

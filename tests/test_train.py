@@ -66,7 +66,7 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_resume_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
     from dstrain import ConfigError
 
-    with pytest.raises(ConfigError, match="--resume: .* is not a complete dstrain checkpoint"):
+    with pytest.raises(ConfigError, match=r"--resume: .*/dstrain_complete\.json: missing \(the checkpoint was never completed\)"):
         run(tiny_recipe(), tmp_path / "x", resume=str(tmp_path))
 
 
@@ -89,8 +89,9 @@ def test_epoch_rows_describe_the_epoch_just_trained(tmp_path):
 def test_compiled_model_trains_to_the_same_masks_and_close_weights(tmp_path):
     """task.compile=true: DeepSpeed's engine.compile() (inductor on CPU) changes speed, not the recipe."""
     # a few steps: compiled kernels sum in another order, and at lr 0.1 differences grow step by step
-    eager, _ = run(tiny_recipe(**{"training.epochs": 1}), tmp_path / "eager", max_steps=4)
-    compiled, result = run(tiny_recipe(**{"training.epochs": 1, "task.compile": True}), tmp_path / "compiled",
+    one = {"training.epochs": 1, "pruning.schedule.end": 11}  # the GMP end inside the 11 steps
+    eager, _ = run(tiny_recipe(**one), tmp_path / "eager", max_steps=4)
+    compiled, result = run(tiny_recipe(**one, **{"task.compile": True}), tmp_path / "compiled",
                            max_steps=4)
     assert compiled.engine.is_compiled
     assert result["revived"] == 0
@@ -117,14 +118,15 @@ def test_synthetic_images_report_throughput(tmp_path):
 
 
 def test_fractional_epochs_end_with_an_evaluation(tmp_path):
-    trainer, result = run(tiny_recipe(**{"training.epochs": 1.5}), tmp_path)
+    # the GMP end (step units) must lie inside the 16 steps: schedule positions after the end are refused
+    trainer, result = run(tiny_recipe(**{"training.epochs": 1.5, "pruning.schedule.end": 16}), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == round(1.5 * 11) == 16
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 16
 
 
 def test_loader_workers_change_nothing_but_speed(tmp_path):
-    base = {"training.epochs": 1}
+    base = {"training.epochs": 1, "pruning.schedule.end": 11}
     plain, _ = run(tiny_recipe(**base), tmp_path / "plain")
     workers, _ = run(tiny_recipe(**base, **{"task.num_workers": 2, "task.pin_memory": False}), tmp_path / "workers")
     assert workers.train_loader.num_workers == 2 and not workers.train_loader.pin_memory
