@@ -146,7 +146,8 @@ def main() -> None:
     rows = []
     for name, data in recipes(model_dir, data_dir, teacher_dir, args):
         recipe = parse_recipe(data, name)
-        trainer = SparseTrainer(recipe, TrainerOptions(output_dir=out / name, progress=False, tensorboard=False))
+        trainer = SparseTrainer(recipe, TrainerOptions(output_dir=out / name, progress=False, tensorboard=False,
+                                                       overwrite=True))  # the demo always starts afresh
         start = time.time()
         result = trainer.train()
         wall = time.time() - start

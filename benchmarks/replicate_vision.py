@@ -69,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"[{i}/{len(recipes)}] {recipe.name}: reusing {run_dir}", flush=True)
                 continue
             t0 = time.time()
-            options = TrainerOptions(output_dir=run_dir, progress=args.progress, tensorboard=False)
+            # recomputed from scratch: a finished run was skipped above, an interrupted one is discarded
+            options = TrainerOptions(output_dir=run_dir, progress=args.progress, tensorboard=False, overwrite=True)
             result = SparseTrainer(recipe, options).train()
             print(f"[{i}/{len(recipes)}] {recipe.name}: {result['metric']}={result['score']:.4f} "
                   f"sparsity={result['sparsity']:.4f} {time.time() - t0:.1f}s", flush=True)
