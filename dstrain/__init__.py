@@ -5,7 +5,9 @@ criteria, schedules, masked optimizers, the recipe scheduler
 (:class:`SparsityController`) and the DeepSpeed trainer (:class:`SparseTrainer`).
 """
 from .controller import SparsityController
+from .dsconfig import validate_ds_config
 from .errors import ConfigError
+from .manifest import CheckpointDamaged, verify_checkpoint
 from .masks import MaskRegistry, PrunableSelection, select_prunable
 from .optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from .pruning import global_magnitude_masks, layerwise_magnitude_masks
@@ -34,4 +36,5 @@ __all__ = [
     "SparsitySchedule", "TrainerCallback", "TrainerOptions", "global_magnitude_masks", "layerwise_magnitude_masks",
     "load_recipe", "masked_adamw", "masked_sgd", "parse_recipe", "select_prunable",
     "Task", "build_task", "dump_recipe", "export_sparse_model", "prepare_hf_sparse_training",
+    "CheckpointDamaged", "verify_checkpoint", "validate_ds_config",
 ]

@@ -276,7 +276,8 @@ class SparseTrainer:
         return {"epoch": epoch, "steps_in_epoch": batch_in_epoch // self.gas, "rng": _capture_rng(),
                 "recipe": self.recipe.model_dump(), "metrics_log": self.metrics_log,
                 "epoch_loss": (self._loss_sum.detach().cpu().clone(), self._loss_n) if batch_in_epoch else None,
-                "epoch_skipped": self._skipped if batch_in_epoch else None}
+                # per rank (only rank 0's client state is saved): the epoch's count over all ranks survives
+                "epoch_skipped": dstdist.all_gather_objects(self._skipped) if batch_in_epoch else None}
 
     @property
     def _layout(self) -> Dict[str, int]:
@@ -310,8 +311,11 @@ class SparseTrainer:
         if state.get("epoch_loss") is not None:
             loss_sum, loss_n = state["epoch_loss"]
             self._loss_sum, self._loss_n = loss_sum.to(self.device), int(loss_n)
-        if state.get("epoch_skipped") is not None:
-            self._skipped = state["epoch_skipped"]
+        counts = state.get("epoch_skipped")
+        if counts is not None and any(c is not None for c in counts):
+            # same world size: each rank its own count; another world size: the total on rank 0
+            same = len(counts) == self.world
+            self._skipped = counts[self.rank] if same else (sum(c or 0 for c in counts) if self.rank == 0 else 0)
         self._log(f"resumed from {path} at step {self.controller.step_count}")
         return int(state["epoch"]), int(state["steps_in_epoch"]) * self.gas
 

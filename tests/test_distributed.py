@@ -89,11 +89,15 @@ def test_triton_kernels_on_zero2_bf16_partitions_match_the_torch_backend(tmp_pat
 
 
 def test_stage0_checkpoint_resumes_with_another_world_size(tmp_path, single_process_reference):
-    """Written by 1 process, finished by 2: the recipe clock and data position carry over."""
+    """Written by 1 process, finished by 2: the recipe clock and data position carry over (from the newest
+    checkpoint that verifies)."""
     recipe = tiny_recipe(**NO_BN)
     out = tmp_path / "run"
     _, half = run(recipe, out, max_steps=16, save_every=8)
     assert half["steps"] == 16
+    # and the newest checkpoint damaged: rank 0 verifies, both ranks fall back to step 11 together
+    model = out / "checkpoints" / "step000000016" / "mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:100])
     ranks = launch({"recipe": recipe.model_dump(), "out": str(out), "options": {"resume": "auto"}}, tmp_path)
     _assert_ranks_identical(ranks)
     assert ranks[0]["result"]["steps"] == 33
