@@ -411,9 +411,7 @@ class SparseTrainer:
         done = skip_batches
         if not skip_batches:
             self._loss_sum, self._loss_n, self._skipped = torch.zeros((), device=self.device), 0, None
-        for micro_idx, batch in enumerate(self.train_loader):
-            if micro_idx < skip_batches:
-                continue
+        for micro_idx, batch in self._epoch_batches(skip_batches):
             if micro_idx >= micro_per_epoch or self.controller.finished:
                 break
             skipped = self.task.skipped_in_batch(batch)
@@ -441,6 +439,25 @@ class SparseTrainer:
             if self.options.max_steps is not None and step >= self.options.max_steps:
                 return True, done
         return False, done
+
+    def _epoch_batches(self, skip_batches: int):
+        """(micro-batch index, batch) of this epoch, starting after ``skip_batches`` (a resumed epoch).
+
+        A resumed epoch starts its sampler after the batches already trained instead of
+        loading and dropping them: they are not decoded again, and their random
+        augmentations do not consume random numbers that the uninterrupted run drew for
+        later batches (with loader workers, augmentations still differ after a resume).
+        """
+        if not skip_batches:
+            return enumerate(self.train_loader)
+        base = self.train_loader
+        indices = list(self.train_sampler)[skip_batches * base.batch_size:]
+        loader = DataLoader(base.dataset, batch_size=base.batch_size, sampler=indices, drop_last=True,
+                            collate_fn=base.collate_fn, num_workers=base.num_workers, pin_memory=base.pin_memory)
+        rng = torch.get_rng_state()  # the uninterrupted run drew the loader's base seed at the epoch start
+        iterator = iter(loader)
+        torch.set_rng_state(rng)
+        return enumerate(iterator, start=skip_batches)
 
     def _end_of_epoch(self, epoch: int, loss_sum: torch.Tensor, loss_n: int) -> None:
         metrics = self.evaluate()

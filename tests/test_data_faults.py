@@ -81,3 +81,26 @@ def test_binary_glue_tsv_is_named(tmp_path):
     (folder / "dev.tsv").write_text("sentence\tlabel\nfine .\t1\n")
     with pytest.raises(ValueError, match=rf"{folder / 'train.tsv'} is not UTF-8 text \(byte \d+: "):
         load_glue("sst2", tmp_path)
+
+
+def test_skipped_count_of_a_partial_epoch_survives_a_resume(tmp_path):
+    """metrics.jsonl after a mid-epoch resume equals the uninterrupted run's, skipped_images included."""
+    import torch
+
+    from dstrain import checkpoint as ckpt
+
+    root = _folder(tmp_path)
+    for i, path in enumerate(sorted((root / "train").rglob("*.*"))[::4]):  # 6 of 24 unreadable
+        path.write_bytes(b"" if i % 2 else b"garbage" * 10)
+    recipe = parse_recipe({"name": "faulty", "task": _task(root, bad_images="skip"),
+                           "training": {"epochs": 2, "batch_size": 8}, "optimizer": {"name": "sgd", "lr": 0.05},
+                           "lr_schedule": {"shape": "constant"}})
+    run(recipe, tmp_path / "full")
+    run(recipe, tmp_path / "split", max_steps=4)  # stops after the first batch of epoch 2
+    step, folder = ckpt.complete_checkpoints(tmp_path / "split" / "checkpoints")[-1]
+    state = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)
+    assert step == 4 and state["epoch_skipped"][0] > 0  # the partial epoch had already skipped some
+    run(recipe, tmp_path / "split", resume="auto")
+    full = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert [json.loads(line)["skipped_images"] for line in full.splitlines()] == [6, 6]
+    assert (tmp_path / "split" / "metrics.jsonl").read_text() == full
