@@ -202,3 +202,20 @@ def test_launch_script_prints_one_line_and_exit_2(tmp_path, args, words):
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(words), proc.stderr[-2000:]
+
+
+def test_internal_errors_still_raise_with_a_traceback(tmp_path, monkeypatch):
+    """Only ConfigError (user input) becomes one line; a bug in dstrain propagates as itself."""
+    import dstrain
+
+    def broken(self):
+        raise RuntimeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(dstrain.SparseTrainer, "train", broken)
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import train as launch_train
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(RuntimeError, match="a bug"):
+        launch_train.main(["--recipe", str(_recipe_file(tmp_path)), "--output_dir", str(tmp_path / "runs")])
