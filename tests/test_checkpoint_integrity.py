@@ -158,3 +158,31 @@ def test_fresh_run_into_a_folder_with_checkpoints_needs_resume_or_overwrite(stop
     assert result["steps"] == 2
     assert [s for s, _ in ckpt.complete_checkpoints(out / "checkpoints")] == [2]
     assert not (out / "metrics.jsonl").exists()  # the old run's metrics went with its checkpoints
+
+
+def test_zero2_optimizer_shards_are_in_the_manifest(tmp_path):
+    """Every file DeepSpeed writes is covered, not only the model states: here a ZeRO-2 optimizer shard."""
+    run(tiny_recipe(), tmp_path, max_steps=4, ds_config={"zero_optimization": {"stage": 2}})
+    folder = ckpt.complete_checkpoints(tmp_path / "checkpoints")[-1][1]
+    listed = set(json.loads((folder / MANIFEST).read_text())["files"])
+    on_disk = {p.name for p in folder.iterdir() if p.name != MANIFEST}
+    shard = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    assert listed == on_disk and shard in listed and MODEL_FILE in listed
+    (folder / shard).write_bytes((folder / shard).read_bytes()[:-10])
+    with pytest.raises(ConfigError, match=rf"{shard}: has \d+ bytes, the manifest says \d+ \(truncated\)"):
+        ckpt.resolve_resume(str(folder), tmp_path / "checkpoints")
+
+
+def test_masks_rewritten_with_a_regenerated_manifest_are_still_refused(stopped_run, tmp_path):
+    """Defence in depth: the manifest records the mask sparsity, checked after loading."""
+    from dstrain.manifest import read_manifest, write_manifest
+
+    out = _copy(stopped_run, tmp_path)
+    newest = out / "checkpoints" / ckpt.tag_for(16)
+    _set_masks(newest / MODEL_FILE, torch.ones_like)
+    data = read_manifest(newest)
+    write_manifest(newest, {k: v for k, v in data.items() if k not in ("files", "manifest_sha256", "format")})
+    verify_checkpoint(newest)  # the hashes agree with the rewritten file now
+    with pytest.raises(ConfigError, match=r"^--resume: .*step000000016: loaded masks have sparsity 0\.000000, "
+                                          r"the checkpoint recorded 0\.\d+"):
+        run(tiny_recipe(), out, resume=str(newest))
