@@ -1,6 +1,5 @@
 """Every bad input of issue 12 is one line naming the field, the bad value and the fix (no traceback)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dstrain import ConfigError, load_recipe, parse_recipe
+from dstrain import ConfigError, load_recipe
 from dstrain.dsconfig import load_ds_config, validate_ds_config
 from dstrain.preflight import check_output_dir, check_run_options
 from dstrain.recipe import check_schedule_positions
