@@ -29,8 +29,10 @@ SAFE_TO_CHANGE = (
     "task.compile",           # torch.compile: same model, another executor
     "optimizer.backend",      # torch and triton steps are bit-identical (tests/test_optim.py)
 )
-#: Files a run writes besides checkpoints; --overwrite removes them with the checkpoints.
+#: Files and folders a run writes besides checkpoints; --overwrite removes them with the checkpoints
+#: (old TensorBoard events would otherwise mix into the new run's curves).
 RUN_FILES = ("metrics.jsonl", "result.json", "recipe.json")
+RUN_DIRS = ("tb", "final_model")
 
 
 def _flatten(data: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
@@ -81,3 +83,5 @@ def guard_output_dir(output_dir: Path, resume: Any, overwrite: bool, is_main: bo
         shutil.rmtree(checkpoints)
         for name in RUN_FILES:
             (Path(output_dir) / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(Path(output_dir) / name, ignore_errors=True)

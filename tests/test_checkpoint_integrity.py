@@ -154,10 +154,12 @@ def test_fresh_run_into_a_folder_with_checkpoints_needs_resume_or_overwrite(stop
     out = _copy(stopped_run, tmp_path)
     with pytest.raises(ConfigError, match=r"^--output_dir: .* already holds checkpoints .* --resume auto .* --overwrite"):
         run(tiny_recipe(), out, max_steps=2)
+    (out / "tb").mkdir()
+    (out / "tb" / "events.out.tfevents.old").write_text("old run")
     _, result = run(tiny_recipe(), out, max_steps=2, overwrite=True)
     assert result["steps"] == 2
     assert [s for s, _ in ckpt.complete_checkpoints(out / "checkpoints")] == [2]
-    assert not (out / "metrics.jsonl").exists()  # the old run's metrics went with its checkpoints
+    assert not (out / "metrics.jsonl").exists() and not (out / "tb").exists()  # the old run's logs went too
 
 
 def test_zero2_optimizer_shards_are_in_the_manifest(tmp_path):
