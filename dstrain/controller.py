@@ -35,6 +35,7 @@ class SparsityController:
         steps_per_epoch: int,
         selector: Optional[KthSelector] = None,
         on_masks_updated: Optional[Callable[[], None]] = None,
+        mask_updater: Optional[Callable[[float, int], float]] = None,
     ) -> None:
         self.recipe = recipe
         self.registry = registry
@@ -48,8 +49,12 @@ class SparsityController:
         self.step_count = 0
         self.history: List[Dict[str, float]] = []
         self._last_lr = [self.lr(0)]
+        # A data-driven criterion (oBERT) needs the engine and data, which do not exist yet:
+        # its first mask update waits for the first begin_step().
+        self.mask_updater = mask_updater
         self._pending = False
-        self._prepare(0, recompute=True)
+        self._prepare(0, recompute=mask_updater is None)
+        self._pending = mask_updater is not None
 
     # --- per-step control -----------------------------------------------------------
     @property
@@ -60,7 +65,10 @@ class SparsityController:
     def _prepare(self, step: int, recompute: bool) -> None:
         if recompute and self.sparsity.updates_mask(step):
             target = self.sparsity.target(step)
-            flips = self.registry.update(target, self.recipe.pruning.scope, self.selector)
+            if self.mask_updater is not None:
+                flips = self.mask_updater(target, step)
+            else:
+                flips = self.registry.update(target, self.recipe.pruning.scope, self.selector)
             self.history.append({"step": step, "sparsity": target, "mask_change_rate": flips})
             if self.on_masks_updated is not None:
                 self.on_masks_updated()

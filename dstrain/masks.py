@@ -140,7 +140,12 @@ class MaskRegistry:
         if scope not in CRITERIA:
             raise ConfigError("pruning.scope", f"{scope!r} is not a known scope", f"use one of {sorted(CRITERIA)}")
         names = self.names()
-        new_masks = CRITERIA[scope]([self.params[n] for n in names], sparsity, selector)
+        return self.set_masks(CRITERIA[scope]([self.params[n] for n in names], sparsity, selector))
+
+    @torch.no_grad()
+    def set_masks(self, new_masks: Sequence[Tensor]) -> float:
+        """Install masks computed elsewhere (in :meth:`names` order), zero the pruned weights; returns the flip rate."""
+        names = self.names()
         flips = sum(int((new != self.masks[n]).sum()) for n, new in zip(names, new_masks))
         for n, new in zip(names, new_masks):
             self.masks[n].copy_(new)

@@ -110,8 +110,20 @@ class ACDCSchedule(_Strict):
 ScheduleSpec = Union[DenseSchedule, ConstantSchedule, OneShotSchedule, GradualSchedule, ACDCSchedule]
 
 
+class ObertSpec(_Strict):
+    """Settings of ``criterion: obert`` (defaults: the oBERT MNLI/QQP recipes, see README)."""
+
+    num_grads: int = Field(default=1024, ge=1, description="mini-batch gradients per mask update (m)")
+    block_size: int = Field(default=50, ge=1, description="weights per diagonal Fisher block (B)")
+    damping: float = Field(default=1e-7, gt=0, description="lambda in F = lambda I + (1/m) sum g g^T")
+    weight_update: bool = Field(default=True, description="apply the OBS correction to the surviving weights")
+    grad_batch_size: Optional[int] = Field(default=None, ge=1, description="samples per gradient over all "
+                                           "ranks; default training.batch_size")
+
+
 class PruningSpec(_Strict):
-    criterion: Literal["magnitude"] = "magnitude"
+    criterion: Literal["magnitude", "obert"] = "magnitude"
+    obert: Optional[ObertSpec] = None
     scope: Literal["global", "layerwise"] = "global"
     include: List[str] = Field(default_factory=list)
     exclude: List[str] = Field(default_factory=list)
@@ -119,6 +131,15 @@ class PruningSpec(_Strict):
     exclude_classifier: bool = True
     unit: Unit = "epoch"
     schedule: ScheduleSpec = Field(default_factory=DenseSchedule, discriminator="kind")
+
+    @model_validator(mode="after")
+    def _check_obert(self):
+        if self.obert is not None and self.criterion != "obert":
+            raise ValueError("obert settings are given but criterion is not obert; set criterion: obert "
+                             "or remove the obert section")
+        if self.criterion == "obert" and self.obert is None:
+            self.__dict__["obert"] = ObertSpec()  # the defaults (no re-validation loop)
+        return self
 
     def selection(self) -> PrunableSelection:
         return PrunableSelection(tuple(self.include), tuple(self.exclude),

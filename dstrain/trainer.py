@@ -201,7 +201,13 @@ class SparseTrainer:
         self.registry = MaskRegistry(model, self.recipe.pruning.selection())
         client_optimizer = build_optimizer(model, self.recipe)
         client_optimizer.set_mask_source(self.registry.mask_for)
-        self.controller = SparsityController(self.recipe, self.registry, client_optimizer, self.steps_per_epoch)
+        self.pruner = None
+        if self.recipe.pruning.criterion == "obert":
+            from .obert_pruner import ObertPruner
+
+            self.pruner = ObertPruner(self.recipe.pruning.obert, self.registry, self.recipe.pruning.scope)
+        self.controller = SparsityController(self.recipe, self.registry, client_optimizer, self.steps_per_epoch,
+                                             mask_updater=self.pruner.update if self.pruner else None)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=client_optimizer, lr_scheduler=self.controller, config=self.ds_config)
         self.client_optimizer = client_optimizer
@@ -214,6 +220,33 @@ class SparseTrainer:
         client_optimizer.set_mask_source(self.partition_masks.mask_for)
         self.controller.on_masks_updated = self.partition_masks.refresh
         self.teacher = self._build_teacher()
+        if self.pruner is not None:
+            self._attach_pruner(train_set)
+
+    def _attach_pruner(self, train_set) -> None:
+        """Gradient source for oBERT: the training loss (with KD) on its own seeded shuffle of the training set."""
+        spec = self.recipe.pruning.obert
+        global_batch = spec.grad_batch_size or self.recipe.training.batch_size
+        if global_batch % self.world or global_batch // self.world > len(train_set) // self.world:
+            raise ConfigError("pruning.obert.grad_batch_size",
+                              f"{global_batch} is not a multiple of the {self.world} process(es) or exceeds the "
+                              f"training set ({len(train_set)} examples)", "pick a smaller multiple of the world size")
+        per_rank = global_batch // self.world
+        sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=self.recipe.training.seed + 1, drop_last=True)
+        loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True,
+                            collate_fn=self.task.collate_fn)
+
+        def batches(step: int):
+            # Seeded by the recipe step: the same samples on any world size and after a resume.
+            cycle = 0
+            while True:
+                sampler.set_epoch(step * 1000 + cycle)
+                yield from loader
+                cycle += 1
+
+        self.pruner.attach(self.engine.module, lambda batch: self._loss(batch, self.engine.module), batches,
+                           self.partition_masks.write_masters)
 
     def _match_buffer_dtype(self) -> None:
         """DeepSpeed casts parameters, not buffers, to bf16/fp16; CPU batch_norm needs them to agree."""
@@ -237,8 +270,9 @@ class SparseTrainer:
         return teacher
 
     # --- one step ------------------------------------------------------------------------
-    def _loss(self, batch: Any) -> torch.Tensor:
-        logits, labels = self.task.forward(self.engine, batch, self.device)
+    def _loss(self, batch: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
+        """Training loss (with distillation); ``model`` = the bare module for oBERT's gradient collection."""
+        logits, labels = self.task.forward(self.engine if model is None else model, batch, self.device)
         loss = self.task.loss(logits, labels)
         if self.teacher is not None:
             from .distill import distillation_loss

@@ -104,6 +104,31 @@ class PartitionMasks:
                     flat_mask[lo - start:hi - start] = source.to(flat_mask.device)
                     part.prunable = True
 
+    @torch.no_grad()
+    def write_masters(self, values: Dict[str, Tensor]) -> None:
+        """Copy new fp32 values of prunable parameters (by registry name) into the fp32 master copies.
+
+        For criteria that change surviving weights (the oBERT/OBS correction): the optimizer
+        steps the masters, so a change made to the model's parameters alone would be
+        overwritten by the next step.
+        """
+        for part in self.partitions.values():
+            start = _offset(part.view, part.flat)
+            end = start + part.view.numel()
+            flat_master = part.master.view(-1)
+            for name, param in self.registry.params.items():
+                offset = _offset(param.data, part.flat)
+                if offset is None or name not in values:
+                    continue
+                lo, hi = max(offset, start), min(offset + param.numel(), end)
+                if lo < hi:
+                    source = values[name].reshape(-1)[lo - offset:hi - offset]
+                    flat_master[lo - start:hi - start] = source.to(flat_master.device, flat_master.dtype)
+        for master, param in self.per_param_masters:
+            for name, p in self.registry.params.items():
+                if p is param and name in values:
+                    master.copy_(values[name].view_as(master).to(master.dtype))
+
     def mask_for(self, tensor: Tensor) -> Optional[Tensor]:
         part = self.partitions.get(id(tensor))
         if part is not None:
