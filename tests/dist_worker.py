@@ -42,6 +42,23 @@ class CollectiveCounter:
 
         MaskRegistry.update = counted_update
 
+        from dstrain.obert_pruner import ObertPruner
+
+        self.obert_count, self.obert_updates = 0, 0
+        obert_update = ObertPruner.update
+
+        def counted_obert_update(pruner, *args, **kwargs):
+            before = self.count
+            self.inside, self.obert_updates = True, self.obert_updates + 1
+            try:
+                return obert_update(pruner, *args, **kwargs)
+            finally:
+                self.inside = False
+                self.obert_count += self.count - before
+                self.count = before
+
+        ObertPruner.update = counted_obert_update
+
     def _counting(self, fn):
         def wrapper(*args, **kwargs):
             if self.inside:
@@ -67,6 +84,8 @@ def main() -> None:
     state["masked_masters"] = torch.tensor(len(trainer.partition_masks.masters_and_masks()))
     state["collectives_in_mask_updates"] = torch.tensor(counter.count)
     state["mask_updates"] = torch.tensor(counter.updates)
+    state["obert_updates"] = torch.tensor(counter.obert_updates)
+    state["collectives_in_obert_updates"] = torch.tensor(counter.obert_count)
     state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
 

@@ -108,3 +108,33 @@ def test_stage0_checkpoint_resumes_with_another_world_size(tmp_path, single_proc
             assert torch.equal(value, state[key]), key
         else:
             torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+OBERT = {"pruning.criterion": "obert",
+         "pruning.obert": {"num_grads": 3, "block_size": 16, "damping": 1e-4, "grad_batch_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def obert_single_process(tmp_path_factory):
+    trainer, result = run(tiny_recipe(**NO_BN, **OBERT), tmp_path_factory.mktemp("obert_single"))
+    return weights_and_masks(trainer), len(trainer.pruner.log)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_obert_two_ranks_match_one_process(stage, tmp_path, obert_single_process):
+    """Each rank Woodbury-updates half of the Fisher blocks; masks and weights equal those of one process."""
+    reference, updates = obert_single_process
+    ranks = launch({"recipe": tiny_recipe(**NO_BN, **OBERT).model_dump(),
+                    "ds_config": {"zero_optimization": {"stage": stage}}, "out": str(tmp_path / "dist")}, tmp_path)
+    _assert_ranks_identical(ranks)
+    state = ranks[0]["state"]
+    assert int(state["obert_updates"]) == updates == 7
+    # one all-reduce per gradient, one for the scores, one for the corrected weights; none per block
+    assert int(state["collectives_in_obert_updates"]) == updates * (3 + 2)
+    assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
+    assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
+    for key, value in reference.items():
+        if key.startswith("m/"):
+            assert torch.equal(value, state[key]), key
+        else:
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
