@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from torch.optim import Optimizer
 
+from .errors import ConfigError
 from .masks import MaskRegistry
 from .pruning import KthSelector
 from .recipe import Recipe
@@ -51,6 +52,11 @@ class SparsityController:
         self._last_lr = [self.lr(0)]
         # A data-driven criterion (oBERT) needs the engine and data, which do not exist yet:
         # its first mask update waits for the first begin_step().
+        criterion = getattr(recipe.pruning, "criterion", "magnitude")
+        if criterion != "magnitude" and mask_updater is None:
+            raise ConfigError("pruning.criterion", f"{criterion} needs gradients of the training loss, which only "
+                              "dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
+                              "train with SparseTrainer, or use criterion: magnitude here")
         self.mask_updater = mask_updater
         self._pending = False
         self._prepare(0, recompute=mask_updater is None)

@@ -114,7 +114,7 @@ class BlockFisherInverse:
         return w.square() / (2.0 * self.diag())
 
     @torch.no_grad()
-    def obs_update(self, w: Tensor, pruned: Tensor, chunk: int = 8192,
+    def obs_update(self, w: Tensor, pruned: Tensor, chunk: int | None = None,
                    solve_dtype: torch.dtype = torch.float64) -> Tensor:
         """Weights after pruning ``pruned`` (bool, (num_blocks, B)) with the exact multi-weight OBS correction.
 
@@ -126,6 +126,7 @@ class BlockFisherInverse:
         ``solve_dtype`` (float64 by default: F^-1 entries reach 1/lambda = 1e7).  Pruned
         entries are written as exact zeros (they are zero analytically).
         """
+        chunk = chunk or solve_chunk(self.block_size)
         out = w.to(self.finv.dtype).clone()
         rows = torch.nonzero(pruned.any(1)).squeeze(1)
         for start in range(0, rows.numel(), chunk):
@@ -143,18 +144,27 @@ class BlockFisherInverse:
         return out
 
 
+SOLVE_WORKSPACE = 256 << 20
+"""Bytes of float64 workspace one chunk of the OBS solve may use (three B x B matrices per block)."""
+
+
+def solve_chunk(block_size: int) -> int:
+    """Blocks per chunk of :meth:`BlockFisherInverse.obs_update`."""
+    return max(1, SOLVE_WORKSPACE // (3 * block_size * block_size * 8))
+
+
 def fisher_bytes(numels: Sequence[int], block_size: int, world: int, element_bytes: int = 4) -> dict:
     """Memory one rank needs for an oBERT mask update (what :class:`~dstrain.obert_pruner.ObertPruner` allocates).
 
     ``fisher``: its share of the B x B inverse-Fisher blocks; ``vectors``: full-length
     fp32 buffers every rank holds (the gradient as autograd returns it, its padded
     all-reduced copy, and the scores/weights exchanged after the Woodbury updates);
-    ``solve``: the float64 workspace of one chunk of the OBS solve (8192 blocks).
+    ``solve``: the float64 workspace of one chunk of the OBS solve (:data:`SOLVE_WORKSPACE` at most).
     """
     layout = BlockLayout(tuple(int(n) for n in numels), block_size)
     lo, hi = layout.share(0, world)
     fisher = (hi - lo) * block_size * block_size * element_bytes
     vectors = 3 * layout.padded_numel * 4
-    solve = 3 * min(8192, hi - lo) * block_size * block_size * 8
+    solve = 3 * min(solve_chunk(block_size), hi - lo) * block_size * block_size * 8
     return {"fisher": fisher, "vectors": vectors, "solve": solve, "total": fisher + vectors + solve,
             "blocks_per_rank": hi - lo}

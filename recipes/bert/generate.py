@@ -114,12 +114,43 @@ def gmp(sparsity: float, epochs: int) -> dict:
 
 
 
+OBERT_NOTE = """\
+# oBERT (Kurtic et al. 2022, "The Optimal BERT Surgeon"): the 30-epoch schedule, KD and LR above
+# with the second-order criterion (pruning.criterion: obert, dstrain/obert.py).  Settings from
+# neuralmagic/sparseml research/optimal_BERT_surgeon_oBERT/recipes/30epochs_unstructured97_mnli.yaml
+# (OBSPruningModifier: num_grads 1024, fisher_block_size 50, damp 1e-7, grad_sampler_kwargs
+# batch_size 16, global_sparsity True, mask_type unstructured, the same params regexes = the
+# encoder Linear weights).  The oBERT README's Table 1 links 30epochs_unstructured{80,90}_mnli.yaml,
+# which the searched copy of the repository does not hold; its 30epochs_unstructured{80,90}_qqp.yaml
+# are identical to the MNLI 97% file except final_sparsity, which is what the 80/90% MNLI recipes
+# here assume (scripts/30epochs_gradual_pruning_mnli_qqp.sh runs either task with one recipe).
+# Results to compare with (oBERT README, Table 1, MNLI-m accuracy, 30 epochs): 80% 84.32,
+# 90% 83.79, 97% 81.77 (dense BERT-base 84.54).
+# weight_update: true applies the exact multi-weight OBS correction per Fisher block (SparseML
+# sums the single-weight corrections of the newly pruned weights instead; see README).
+"""
+
+OBERT_KEYS = {"num_grads": 1024, "block_size": 50, "damping": 1.0e-7, "weight_update": True, "grad_batch_size": 16}
+
+
+def obert(sparsity: float) -> dict:
+    data = gmp(sparsity, 30)
+    pct = round(sparsity * 100)
+    data["name"] = f"bert_base_mnli_obert{pct}_kd_30ep"
+    data["description"] = f"BERT-base MNLI, global oBERT pruning to {pct}% with KD and LR rewinding, 30 epochs"
+    data["pruning"] = {"criterion": "obert", "obert": dict(OBERT_KEYS), **data["pruning"]}
+    return data
+
+
 def grid():
     yield "mnli_dense_3ep", dense(), DENSE_NOTE
     for epochs in (10, 30):
         for s in SPARSITIES:
             yield (f"mnli_gmp{round(s * 100)}_kd_{epochs}ep", gmp(s, epochs),
                    GMP_NOTE.format(short="mnli_gmp*_kd_10ep.yaml"))
+    for s in SPARSITIES:
+        yield (f"mnli_obert{round(s * 100)}_kd_30ep", obert(s),
+               GMP_NOTE.format(short="mnli_gmp*_kd_10ep.yaml") + OBERT_NOTE)
 
 
 def main() -> None:
