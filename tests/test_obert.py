@@ -131,3 +131,21 @@ def test_refuses_a_block_size_that_does_not_fit(tmp_path):
     recipe = tiny_recipe(**{**OBERT, "pruning.obert": {"num_grads": 2, "block_size": 200_000}})
     with pytest.raises(ConfigError, match=r"pruning\.obert\.block_size: 200000 needs .* GiB per rank"):
         run(recipe, tmp_path)
+
+
+def test_controller_without_gradient_source_refuses_obert():
+    """The HF Trainer path (and any direct use) cannot silently fall back to magnitude."""
+    from torch import nn
+
+    from dstrain import MaskRegistry, MaskedSGD, SparsityController
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    registry = MaskRegistry(model)
+    with pytest.raises(ConfigError, match=r"pruning\.criterion: obert needs gradients"):
+        SparsityController(tiny_recipe(**OBERT), registry, MaskedSGD(model.parameters(), lr=0.1), 10)
+
+
+def test_grad_batch_size_must_split_over_ranks_and_fit_the_data(tmp_path):
+    recipe = tiny_recipe(**{**OBERT, "pruning.obert": {"num_grads": 2, "grad_batch_size": 100_000}})
+    with pytest.raises(ConfigError, match=r"pruning\.obert\.grad_batch_size: 100000"):
+        run(recipe, tmp_path)
