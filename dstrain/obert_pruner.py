@@ -104,7 +104,7 @@ class ObertPruner:
             for _ in range(self.spec.num_grads):
                 with torch.enable_grad():
                     loss = self.loss_fn(next(batches))
-                    grads = torch.autograd.grad(loss, params)
+                    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 # Pruned weights stay pruned: their gradient is masked (as SparseML does), which
                 # decouples them in F, so the OBS correction cannot move them.
                 g = layout.pad([gr.float() * m for gr, m in zip(grads, masks)], torch.float32)
@@ -155,10 +155,11 @@ class ObertPruner:
             if world > 1:
                 dist.all_reduce(new_w)
             values = {n: v.view_as(p) for n, v, p in zip(names, layout.unpad(new_w), params)}
+            if self.write_masters is not None:
+                self.write_masters({n: values[n] - params[i].float() for i, n in enumerate(names)},
+                                   dict(zip(names, new_masks)))
             for n, p in zip(names, params):
                 p.copy_(values[n].to(p.dtype))
-            if self.write_masters is not None:
-                self.write_masters(values)
         flips = self.registry.set_masks(new_masks)
         self.log.append({"step": step, "sparsity": sparsity, "grads_s": t_grads - t0,
                          "total_s": time.perf_counter() - t0})

@@ -105,29 +105,35 @@ class PartitionMasks:
                     part.prunable = True
 
     @torch.no_grad()
-    def write_masters(self, values: Dict[str, Tensor]) -> None:
-        """Copy new fp32 values of prunable parameters (by registry name) into the fp32 master copies.
+    def write_masters(self, deltas: Dict[str, Tensor], masks: Dict[str, Tensor]) -> None:
+        """Add changes of prunable parameters (by registry name) to the fp32 master copies, zero pruned entries.
 
         For criteria that change surviving weights (the oBERT/OBS correction): the optimizer
         steps the masters, so a change made to the model's parameters alone would be
-        overwritten by the next step.
+        overwritten by the next step.  Adding the change, rather than copying the model's
+        value, keeps the masters' extra precision under bf16/fp16 (the change was computed
+        from the low-precision weights; weights it did not touch keep their master value).
         """
+        def apply(flat_master: Tensor, delta: Tensor, mask: Tensor) -> None:
+            flat_master.add_(delta.to(flat_master.device, flat_master.dtype))
+            flat_master.masked_fill_(~mask.to(flat_master.device), 0.0)
+
         for part in self.partitions.values():
             start = _offset(part.view, part.flat)
             end = start + part.view.numel()
             flat_master = part.master.view(-1)
             for name, param in self.registry.params.items():
                 offset = _offset(param.data, part.flat)
-                if offset is None or name not in values:
+                if offset is None or name not in deltas:
                     continue
                 lo, hi = max(offset, start), min(offset + param.numel(), end)
                 if lo < hi:
-                    source = values[name].reshape(-1)[lo - offset:hi - offset]
-                    flat_master[lo - start:hi - start] = source.to(flat_master.device, flat_master.dtype)
+                    apply(flat_master[lo - start:hi - start], deltas[name].reshape(-1)[lo - offset:hi - offset],
+                          masks[name].reshape(-1)[lo - offset:hi - offset])
         for master, param in self.per_param_masters:
             for name, p in self.registry.params.items():
-                if p is param and name in values:
-                    master.copy_(values[name].view_as(master).to(master.dtype))
+                if p is param and name in deltas:
+                    apply(master.view(-1), deltas[name].reshape(-1), masks[name].reshape(-1))
 
     def mask_for(self, tensor: Tensor) -> Optional[Tensor]:
         part = self.partitions.get(id(tensor))

@@ -138,3 +138,15 @@ def test_obert_two_ranks_match_one_process(stage, tmp_path, obert_single_process
             assert torch.equal(value, state[key]), key
         else:
             torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_obert_under_zero2_bf16_keeps_masters_and_weights_pruned(tmp_path):
+    """The OBS correction reaches the fp32 master partitions; pruned entries are zero there and in the bf16 model."""
+    ds_config = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
+    ranks = launch({"recipe": tiny_recipe(**OBERT).model_dump(), "ds_config": ds_config,
+                    "out": str(tmp_path / "dist")}, tmp_path)
+    _assert_ranks_identical(ranks)
+    state = ranks[0]["state"]
+    assert int(state["obert_updates"]) == 7 and int(state["masked_masters"]) > 0
+    assert int(state["revived"]) == 0 and int(state["master_revived"]) == 0
+    assert abs(ranks[0]["result"]["sparsity"] - 0.8) < 1e-4
