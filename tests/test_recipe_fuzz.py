@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from dstrain import ConfigError, parse_recipe
 from dstrain.models import ARCH_OPTIONS
 from dstrain.recipe import (ACDCSchedule, ConstantSchedule, DenseSchedule, DistillationSpec, GradualSchedule,
-                            LRScheduleSpec, OneShotSchedule, OptimizerSpec, PruningSpec, Recipe, TrainingSpec,
+                            LRScheduleSpec, ObertSpec, OneShotSchedule, OptimizerSpec, PruningSpec, Recipe, TrainingSpec,
                             check_schedule_positions)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +53,8 @@ def _schema(data: Dict[str, Any], path: Tuple[str, ...]) -> Optional[Type[BaseMo
         return ARCH_OPTIONS[data["task"].get("arch", "small_resnet")]
     if path == ("pruning", "schedule"):
         return SCHEDULES[data["pruning"]["schedule"]["kind"]]
+    if path == ("pruning", "obert"):
+        return ObertSpec
     return SECTIONS.get(path[0]) if len(path) == 1 else None
 
 
