@@ -11,6 +11,8 @@ from .manifest import CheckpointDamaged, verify_checkpoint
 from .masks import MaskRegistry, PrunableSelection, select_prunable
 from .optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from .pruning import global_magnitude_masks, layerwise_magnitude_masks
+from .obert import BlockFisherInverse, BlockLayout, fisher_bytes
+from .obert_pruner import ObertPruner
 from .recipe import Recipe, load_recipe, parse_recipe
 from .schedules import ACDC, Constant, Dense, Gradual, LRSchedule, OneShot, SparsitySchedule
 from .tasks import Task, build_task
@@ -35,6 +37,7 @@ __all__ = [
     "MaskedSGD", "OneShot", "PrunableSelection", "Recipe", "SparseTrainer", "SparsityController",
     "SparsitySchedule", "TrainerCallback", "TrainerOptions", "global_magnitude_masks", "layerwise_magnitude_masks",
     "load_recipe", "masked_adamw", "masked_sgd", "parse_recipe", "select_prunable",
+    "BlockFisherInverse", "BlockLayout", "ObertPruner", "fisher_bytes",
     "Task", "build_task", "dump_recipe", "export_sparse_model", "prepare_hf_sparse_training",
     "CheckpointDamaged", "verify_checkpoint", "validate_ds_config",
 ]
