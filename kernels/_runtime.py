@@ -13,8 +13,9 @@ Kept in one place because three things depend on the same decision:
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Dict, Hashable, List, Set
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Set
 
 import torch
 import triton
@@ -87,10 +88,46 @@ def launch_tuned(key: Hashable, launch: Callable[[bool], None]) -> None:
     the real launch then hits that cache and runs once.  ``key`` must determine the
     autotuner's own key (it includes the same tune bucket and constexpr kinds).
     """
-    if not INTERPRET and key not in _TUNED:
+    if not INTERPRET and _STUB is None and key not in _TUNED:
         launch(True)
         _TUNED.add(key)
     launch(False)
+
+
+_STUB: Optional[List[tuple]] = None
+
+
+def launch(kernel: Any, grid: tuple, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``, or only recorded inside :func:`stubbed_launches`.
+
+    Every optimizer launch goes through here so that the host side of a step (argument
+    checks, tables, scalars) can be timed on its own, on any machine: the host cost is
+    what caps a fast kernel at small step times, and it is the same with or without a GPU.
+    """
+    if _STUB is not None:
+        _STUB.append((kernel, grid, args, kwargs))
+        return
+    kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def stubbed_launches() -> Iterator[List[tuple]]:
+    """Record launches instead of running them; yields the list of ``(kernel, grid, args, kwargs)``.
+
+    Inside, the fused optimizers accept CPU tensors without the interpreter (nothing is
+    dereferenced) and skip the autotuning pre-run: what remains is exactly the host work
+    of a step.  For measuring that (``benchmarks/test_bench_host.py``), never for training.
+    """
+    global _STUB
+    previous, _STUB = _STUB, []
+    try:
+        yield _STUB
+    finally:
+        _STUB = previous
+
+
+def stubbed() -> bool:
+    return _STUB is not None
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
@@ -101,7 +138,7 @@ def check_device(t: torch.Tensor, name: str) -> None:
             "pointer tables hold raw addresses the interpreter reads from host memory. Move the tensors "
             "to the CPU or unset TRITON_INTERPRET."
         )
-    if not INTERPRET and t.device.type != "cuda":
+    if not INTERPRET and _STUB is None and t.device.type != "cuda":
         raise ValueError(
             f"{name} is on {t.device}; compiled Triton kernels need CUDA tensors. Use backend='torch' "
             "on the CPU (or set TRITON_INTERPRET=1 before importing kernels, for testing)."
