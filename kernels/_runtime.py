@@ -35,9 +35,18 @@ GPU_CHUNK: int = 32768
 INTERP_CHUNK: int = 256
 INTERP_BLOCK: int = 64
 
+AUTOTUNE: bool = os.environ.get("DSTRAIN_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+"""``DSTRAIN_AUTOTUNE=0`` (read at import): one fixed config instead of eight.
+
+For checks of correctness rather than speed (``selfcheck --quick``): every kernel
+variant then compiles once instead of once per config, which turns minutes of
+compilation on a fresh GPU machine into seconds.  The launch path is unchanged
+(the autotuner still runs the scratch pre-launch; with one config it times nothing).
+"""
+
 GPU_BLOCK_CONFIGS: List[triton.Config] = [
     triton.Config({"BLOCK": b}, num_warps=w) for b in (512, 1024, 2048, 4096) for w in (4, 8)
-]
+] if AUTOTUNE else [triton.Config({"BLOCK": 1024}, num_warps=4)]
 
 
 def chunk_size() -> int:
@@ -104,10 +113,29 @@ def launch(kernel: Any, grid: tuple, *args: Any, **kwargs: Any) -> None:
     checks, tables, scalars) can be timed on its own, on any machine: the host cost is
     what caps a fast kernel at small step times, and it is the same with or without a GPU.
     """
+    if _LOG is not None:
+        _LOG.append(kwargs)
     if _STUB is not None:
         _STUB.append((kernel, grid, args, kwargs))
         return
     kernel[grid](*args, **kwargs)
+
+
+_LOG: Optional[List[Dict[str, Any]]] = None
+
+
+@contextlib.contextmanager
+def logged_launches() -> Iterator[List[Dict[str, Any]]]:
+    """Run launches as usual and yield the list of their keyword (compile-time) arguments.
+
+    How ``selfcheck --quick`` proves it launched every kernel variant, not just every case.
+    """
+    global _LOG
+    previous, _LOG = _LOG, []
+    try:
+        yield _LOG
+    finally:
+        _LOG = previous
 
 
 @contextlib.contextmanager
