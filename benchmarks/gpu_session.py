@@ -53,6 +53,9 @@ PART_BUDGET_S = 285.0
 class Session:
     """Runs steps into OUT, each with a timeout inside the part's budget, and records every outcome."""
 
+    min_step_s = 10.0
+    """A step that would get less time than this is recorded as skipped instead of started."""
+
     def __init__(self, out: Path, budget_s: float, dry_run: bool) -> None:
         self.out = out
         self.dry_run = dry_run
@@ -78,7 +81,7 @@ class Session:
         output = output or f"{name}.txt"
         timeout = min(timeout_s, self.remaining() - 5)
         command = " ".join(cmd)
-        if timeout < 10:
+        if timeout < self.min_step_s:
             self.record(name, "skipped", 0.0, "", command, "part budget used up")
             return False
         full_env = dict(self.base_env, **(env or {}))
@@ -91,7 +94,7 @@ class Session:
                                         start_new_session=True)
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)  # the whole group: deepspeed's launcher starts children
+                _kill_tree(proc)
                 proc.wait()
                 self.record(name, "timeout", time.monotonic() - start, output, command, f"killed after {timeout:.0f} s")
                 return False
@@ -107,6 +110,29 @@ class Session:
         lines = ["| step | status | seconds | output | note |", "|---|---|---:|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['output']} | {s['note']} |" for s in self.steps]
         return "\n".join(lines)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a timed-out step and everything it started.
+
+    The process group is not enough: deepspeed's launcher starts its workers, and those
+    start compilers (torch extensions), in groups of their own.
+    """
+    try:
+        import psutil
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil missing or the process already gone
+        family = []
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    for child in family:
+        try:
+            child.kill()
+        except Exception:  # noqa: BLE001 - already exited
+            pass
 
 
 # --- steps ---------------------------------------------------------------------------
@@ -203,13 +229,9 @@ def part2(s: Session, runs_dir: Path) -> None:
         if s.dry_run:
             cmd += ["--max_steps", "3"] + [x for o in DRY_RUN_OVERRIDES for x in ("--set", o)]
         s.run(f"throughput_{run}", cmd, 200 if run == RUNS[0] else 240)
-        run_dir = runs_dir / run / _recipe_name(RECIPES[run])
-        for src, dst in (("result.json", f"throughput_{run}_result.json"),
-                         ("metrics.jsonl", f"throughput_{run}_metrics.jsonl")):
-            if (run_dir / src).exists():
-                shutil.copy(run_dir / src, s.out / dst)
-        if (run_dir / "result.json").exists():
-            results[run] = json.loads((run_dir / "result.json").read_text())
+        result = collect_run(s.out, runs_dir, run)
+        if result is not None:
+            results[run] = result
     start = time.monotonic()
     try:
         table = throughput_table(results)
@@ -220,6 +242,20 @@ def part2(s: Session, runs_dir: Path) -> None:
                  f"{[r for r in RUNS if r not in results]} under {runs_dir}/<run>/<recipe name>/")
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         s.record("throughput_summary", "failed", time.monotonic() - start, "", note=f"{type(exc).__name__}: {exc}")
+
+
+def collect_run(out: Path, runs_dir: Path, run: str) -> Optional[Dict]:
+    """Copy a run's result.json and metrics.jsonl flat into ``out``; return the parsed result (None if absent).
+
+    A run writes ``<output_dir>/<recipe name>/``, and the output dir is ``runs_dir/<run>``.
+    """
+    run_dir = runs_dir / run / _recipe_name(RECIPES[run])
+    for src, dst in (("result.json", f"throughput_{run}_result.json"),
+                     ("metrics.jsonl", f"throughput_{run}_metrics.jsonl")):
+        if (run_dir / src).exists():
+            shutil.copy(run_dir / src, out / dst)
+    path = run_dir / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def throughput_table(results: Dict[str, Dict]) -> str:
