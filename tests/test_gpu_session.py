@@ -19,7 +19,7 @@ import gpu_session  # noqa: E402
 
 
 def test_failed_and_timed_out_steps_are_recorded_and_the_session_goes_on(tmp_path):
-    s = gpu_session.Session(tmp_path, budget_s=60, dry_run=True)
+    s = gpu_session.Session(tmp_path, budget_s=60, dry_run=False)
     s.min_step_s = 0.5
     assert not s.run("fails", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], 30)
     marker = tmp_path / "child_alive"
