@@ -16,6 +16,11 @@ def _no_masks(_: Tensor) -> Optional[Tensor]:
     return None
 
 
+def _drop_plans(optimizer) -> None:
+    """load_state_dict post-hook (a module function, so the optimizer stays picklable)."""
+    optimizer._plans.clear()
+
+
 class MaskedOptimizerMixin:
     """Mask bookkeeping for torch.optim.Optimizer subclasses.
 
@@ -35,7 +40,11 @@ class MaskedOptimizerMixin:
         self.mask_source = mask_source or _no_masks
         self.masking_enabled = True
         self._plans: Dict[int, Any] = {}  # param group index -> triton_step.GroupPlan
-        self.register_load_state_dict_post_hook(lambda opt: opt._plans.clear())  # state tensors were replaced
+        self.register_load_state_dict_post_hook(_drop_plans)  # the state tensors were replaced
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)  # torch pickles defaults, state and param_groups only
+        self._plans = {}
 
     @staticmethod
     def _closure_loss(closure) -> Optional[Tensor]:
