@@ -1,49 +1,38 @@
 #!/usr/bin/env bash
-# The GPU checks and measurements of the kernel and scale work, in one run, so that a
-# single lease of a GPU machine produces every figure the README's GPU tables need.
+# Every GPU check and measurement, in two parts of at most 5 minutes each (one device call each).
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [--skip-throughput]
+#   bash benchmarks/gpu_session.sh OUT_DIR 1|2|all [--dry-run]
 #
-# Writes into OUT_DIR (flat, small files only):
-#   gpu.txt          the GPU, driver, torch and triton versions
-#   selfcheck.txt    compiled fused steps vs the PyTorch reference (python -m dstrain.optim.selfcheck)
-#   aot.md           what each kernel variant compiled to for this GPU's architecture
-#   bench.json/.md   pytest-benchmark results and their tables (benchmarks/report.py)
-#   throughput.md    ResNet50 ZeRO-2/bf16 images/s, dense vs 90% mask (result.json's
-#                    train_samples_per_s_after_warmup: autotuning and cuDNN search left out)
-# Exits non-zero if the self-check fails (nothing after it would be worth reading).
+# Installs the carried wheels (.whl/*.whl: deepspeed 0.19.7, pydantic, hjson, ...; see
+# benchmarks/README.md) into $DSTRAIN_SITE (default /tmp/site) with --no-deps --target, puts
+# that folder and the repo on PYTHONPATH and its bin/ (the deepspeed launcher) on PATH, then
+# runs benchmarks/gpu_session.py with python3.  Every result lands flat in OUT_DIR; a failed
+# step is recorded in OUT_DIR/steps.json and summary.md and the session goes on.
+#
+# Device tool, once per checkout (the device machine gets the checkout, not ../shared):
+#   mkdir -p .whl && cp ../shared/gpu-wheels/*.whl .whl/      (.whl/ is in .gitignore)
+# then two calls of the `device` tool's `run`, each with carry [".whl"] and timeout_s 330:
+#   command: bash benchmarks/gpu_session.sh "$OUT" 1
+#   command: bash benchmarks/gpu_session.sh "$OUT" 2
+# CPU rehearsal in the device image's versions (see benchmarks/README.md):
+#   PYTHON=/work/venv312/bin/python3 DSTRAIN_SITE=/tmp/site312 bash benchmarks/gpu_session.sh /tmp/dry 1 --dry-run
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR [--skip-throughput]}
-mkdir -p "$out"
+out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR 1|2|all [--dry-run]}
+part=${2:-1}
+shift 2 || shift $#
 cd "$(dirname "$0")/.."
-unset TRITON_INTERPRET
-export PYTHONUNBUFFERED=1
-
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } | tee "$out/gpu.txt"
-
-python -m dstrain.optim.selfcheck 2>&1 | tee "$out/selfcheck.txt" || { echo "selfcheck failed"; exit 1; }
-
-arch=$(python -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")
-python -m kernels.aot --arch "$arch" | tee "$out/aot.md"
-
-pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --benchmark-json="$out/bench.json" 2>&1 | tail -n 20
-python benchmarks/report.py "$out/bench.json" | tee "$out/bench.md"
-
-if [ "${2:-}" != "--skip-throughput" ]; then
-  runs=$(mktemp -d)
-  for r in dense sparse90; do
-    deepspeed --num_gpus 1 launch/train.py --no_progress --deepspeed_config launch/configs/1gpu_zero2_bf16.json \
-      --recipe "recipes/bench/resnet50_synthetic_$r.yaml" --output_dir "$runs/$r" 2>&1 | tail -n 5
-  done
-  python - "$runs" <<'EOF' | tee "$out/throughput.md"
-import json, sys
-from pathlib import Path
-results = {r: json.loads((Path(sys.argv[1]) / r / "result.json").read_text()) for r in ("dense", "sparse90")}
-rates = {r: res["train_samples_per_s_after_warmup"] for r, res in results.items()}
-print("| run | images/s after 20 warm-up steps | images/s, all steps |\n|---|---:|---:|")
-for r, res in results.items():
-    print(f"| {r} | {rates[r]:.1f} | {res['train_samples_per_s']:.1f} |")
-print(f"\nsparse overhead: {100 * (rates['dense'] / rates['sparse90'] - 1):+.2f}% time per image")
-EOF
+mkdir -p "$out"
+py=${PYTHON:-python3}
+site=${DSTRAIN_SITE:-/tmp/site}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  if [ -d "$site/deepspeed" ]; then
+    echo "carried wheels already installed in $site" | tee "$out/install.txt"
+  else
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl > "$out/install.txt" 2>&1 \
+      || echo "wheel install failed (see install.txt); continuing with what is installed"
+  fi
+else
+  echo "no .whl/*.whl in the checkout: using the installed packages" | tee "$out/install.txt"
 fi
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+exec "$py" benchmarks/gpu_session.py --out "$out" --part "$part" "$@"

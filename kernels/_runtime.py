@@ -13,8 +13,9 @@ Kept in one place because three things depend on the same decision:
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Dict, Hashable, List, Set
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Set
 
 import torch
 import triton
@@ -34,9 +35,18 @@ GPU_CHUNK: int = 32768
 INTERP_CHUNK: int = 256
 INTERP_BLOCK: int = 64
 
+AUTOTUNE: bool = os.environ.get("DSTRAIN_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+"""``DSTRAIN_AUTOTUNE=0`` (read at import): one fixed config instead of eight.
+
+For checks of correctness rather than speed (``selfcheck --quick``): every kernel
+variant then compiles once instead of once per config, which turns minutes of
+compilation on a fresh GPU machine into seconds.  The launch path is unchanged
+(the autotuner still runs the scratch pre-launch; with one config it times nothing).
+"""
+
 GPU_BLOCK_CONFIGS: List[triton.Config] = [
     triton.Config({"BLOCK": b}, num_warps=w) for b in (512, 1024, 2048, 4096) for w in (4, 8)
-]
+] if AUTOTUNE else [triton.Config({"BLOCK": 1024}, num_warps=4)]
 
 
 def chunk_size() -> int:
@@ -87,10 +97,65 @@ def launch_tuned(key: Hashable, launch: Callable[[bool], None]) -> None:
     the real launch then hits that cache and runs once.  ``key`` must determine the
     autotuner's own key (it includes the same tune bucket and constexpr kinds).
     """
-    if not INTERPRET and key not in _TUNED:
+    if not INTERPRET and _STUB is None and key not in _TUNED:
         launch(True)
         _TUNED.add(key)
     launch(False)
+
+
+_STUB: Optional[List[tuple]] = None
+
+
+def launch(kernel: Any, grid: tuple, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``, or only recorded inside :func:`stubbed_launches`.
+
+    Every optimizer launch goes through here so that the host side of a step (argument
+    checks, tables, scalars) can be timed on its own, on any machine: the host cost is
+    what caps a fast kernel at small step times, and it is the same with or without a GPU.
+    """
+    if _LOG is not None:
+        _LOG.append(kwargs)
+    if _STUB is not None:
+        _STUB.append((kernel, grid, args, kwargs))
+        return
+    kernel[grid](*args, **kwargs)
+
+
+_LOG: Optional[List[Dict[str, Any]]] = None
+
+
+@contextlib.contextmanager
+def logged_launches() -> Iterator[List[Dict[str, Any]]]:
+    """Run launches as usual and yield the list of their keyword (compile-time) arguments.
+
+    How ``selfcheck --quick`` proves it launched every kernel variant, not just every case.
+    """
+    global _LOG
+    previous, _LOG = _LOG, []
+    try:
+        yield _LOG
+    finally:
+        _LOG = previous
+
+
+@contextlib.contextmanager
+def stubbed_launches() -> Iterator[List[tuple]]:
+    """Record launches instead of running them; yields the list of ``(kernel, grid, args, kwargs)``.
+
+    Inside, the fused optimizers accept CPU tensors without the interpreter (nothing is
+    dereferenced) and skip the autotuning pre-run: what remains is exactly the host work
+    of a step.  For measuring that (``benchmarks/test_bench_host.py``), never for training.
+    """
+    global _STUB
+    previous, _STUB = _STUB, []
+    try:
+        yield _STUB
+    finally:
+        _STUB = previous
+
+
+def stubbed() -> bool:
+    return _STUB is not None
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
@@ -101,7 +166,7 @@ def check_device(t: torch.Tensor, name: str) -> None:
             "pointer tables hold raw addresses the interpreter reads from host memory. Move the tensors "
             "to the CPU or unset TRITON_INTERPRET."
         )
-    if not INTERPRET and t.device.type != "cuda":
+    if not INTERPRET and _STUB is None and t.device.type != "cuda":
         raise ValueError(
             f"{name} is on {t.device}; compiled Triton kernels need CUDA tensors. Use backend='torch' "
             "on the CPU (or set TRITON_INTERPRET=1 before importing kernels, for testing)."

@@ -33,7 +33,7 @@ from . import _runtime
 from ._tl import (GRAD_KINDS, block_offsets, fma, grad_ptr, load_block, load_keep, mask_ptr, store_block,
                   typed_ptr)
 from .bitmask import Mask, mask_kind, mask_storage
-from .multi_tensor import build_work_list, group_indices, is_aligned
+from .multi_tensor import LaunchGroup, group_indices, is_aligned
 from .validate import GRAD_DTYPES, check_lengths, check_like, check_mask, check_param
 
 
@@ -117,6 +117,107 @@ def _step_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple:
     return -(lr / bias_correction1), math.sqrt(bias_correction2)
 
 
+def _check(params, grads, exp_avgs, exp_avg_sqs, masks) -> None:
+    check_lengths([("params", len(params)), ("grads", len(grads)), ("exp_avgs", len(exp_avgs)),
+                   ("exp_avg_sqs", len(exp_avg_sqs)), ("masks", len(masks))])
+    for i, p in enumerate(params):
+        check_param(p, i)
+        check_like(grads[i], p, f"grads[{i}]", GRAD_DTYPES)
+        check_like(exp_avgs[i], p, f"exp_avgs[{i}]", (torch.float32,))
+        check_like(exp_avg_sqs[i], p, f"exp_avg_sqs[{i}]", (torch.float32,))
+        check_mask(masks[i], p, i)
+
+
+def check_steps(steps: Sequence[int]) -> None:
+    for i, s in enumerate(steps):
+        if int(s) < 1:
+            raise ValueError(f"steps[{i}]={s}: the step count includes this step, so it must be >= 1")
+
+
+def _get_kernel():
+    return _kernel  # looked up per launch, so a wrapper patched onto the module is used
+
+
+def lerp_scalars(beta1: float) -> tuple:
+    """torch's lerp: weight w (rounded to fp32) < 0.5 -> m + w*(g-m); else g + (w-1)*(g-m)."""
+    w32 = np.float32(1 - beta1)
+    lerp_small = bool(abs(w32) < 0.5)
+    return lerp_small, (float(w32) if lerp_small else float(w32 - np.float32(1.0)))
+
+
+class AdamWPlan:
+    """A masked AdamW step over a fixed list of tensors, with everything but the step's scalars prepared.
+
+    Why: see :class:`kernels.masked_sgd.SGDPlan`.  Per step, :meth:`run` computes the
+    scalars (decay, bias corrections) once for all tensors when they share a step
+    count, as they do in an optimizer whose tensors all get gradients every step;
+    only tensors at different counts need the per-tensor tables (built per step).
+    ``flags_key`` holds what selects a kernel variant (beta1's lerp branch, maximize,
+    the operation order); the caller rebuilds the plan when it changes.
+    """
+
+    def __init__(self, params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
+                 exp_avg_sqs: Sequence[Tensor], masks: Sequence[Optional[Mask]], *, beta1: float,
+                 maximize: bool = False, cuda_order: Optional[bool] = None, use_cache: bool = True) -> None:
+        _check(params, grads, exp_avgs, exp_avg_sqs, masks)
+        lerp_small, _ = lerp_scalars(beta1)
+        self.flags_key = (lerp_small, bool(maximize), cuda_order)
+        self.stale = False
+        self.aligned = [is_aligned([g]) for g in grads]
+        self.grad_dtypes = [g.dtype for g in grads]
+        keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i]),
+                 self.aligned[i] and is_aligned([p, exp_avgs[i], exp_avg_sqs[i], mask_storage(masks[i])]))
+                for i, p in enumerate(params)]
+        chunk = _runtime.chunk_size()
+        self.groups: List[LaunchGroup] = []
+        for (device, grad_kind, m_kind, aligned), idx in group_indices(keys).items():
+            numels = [params[i].numel() for i in idx]
+            if sum(numels) == 0:
+                continue
+            roles = [
+                [params[i] for i in idx],
+                [grads[i] for i in idx],
+                [exp_avgs[i] for i in idx],
+                [exp_avg_sqs[i] for i in idx],
+                [mask_storage(masks[i]) for i in idx],
+            ]
+            use_cuda_order = device.type == "cuda" if cuda_order is None else bool(cuda_order)
+            tune_key = _runtime.tune_bucket(sum(numels))
+            flags = dict(CHUNK=chunk, GRAD_KIND=grad_kind, MASK_KIND=m_kind, LERP_SMALL=lerp_small,
+                         PER_TENSOR_STEP=False, MAXIMIZE=bool(maximize), CUDA_ORDER=use_cuda_order,
+                         EMULATE_FMA=_runtime.INTERPRET, ALIGNED=aligned, **_runtime.block_kwargs())
+            group = LaunchGroup(_get_kernel, ("adamw", str(device), tune_key, grad_kind, m_kind, aligned),
+                                idx, roles, numels, chunk, device, flags, use_cache)
+            group.no_table = torch.empty(1, dtype=torch.float32, device=device)
+            self.groups.append(group)
+
+    def set_grads(self, params: Sequence[Tensor], grads: Sequence[Tensor], moved: Sequence[int],
+                  addresses: Sequence[int]) -> bool:
+        """As :meth:`kernels.masked_sgd.SGDPlan.set_grads`."""
+        from .masked_sgd import _set_grads
+
+        return _set_grads(self, params, grads, moved, addresses)
+
+    def run(self, *, step: Optional[int], steps: Optional[Sequence[int]] = None, lr: float, beta1: float,
+            beta2: float, eps: float, weight_decay: float) -> None:
+        """One step: ``step`` is every tensor's step count (this step included), or pass per-tensor ``steps``."""
+        _, lerp_coeff = lerp_scalars(beta1)
+        beta2 = float(beta2)
+        decay, one_minus_beta2 = 1 - lr * weight_decay, 1 - beta2
+        for group in self.groups:
+            group_steps = {step} if steps is None else {int(steps[i]) for i in group.indices}
+            per_tensor = len(group_steps) > 1
+            neg_ss, bc2 = _step_scalars(lr, beta1, beta2, next(iter(group_steps)))
+            neg_ss_tab = bc2_tab = group.no_table
+            if per_tensor:
+                pairs = [_step_scalars(lr, beta1, beta2, int(steps[i])) for i in group.indices]
+                tables = torch.tensor(pairs, dtype=torch.float32).t().contiguous().to(group.device)
+                neg_ss_tab, bc2_tab = tables[0], tables[1]
+            if group.flags["PER_TENSOR_STEP"] != per_tensor:
+                group.flags = dict(group.flags, PER_TENSOR_STEP=per_tensor)
+            group.launch(neg_ss_tab, bc2_tab, decay, lerp_coeff, beta2, one_minus_beta2, eps, neg_ss, bc2)
+
+
 def fused_masked_adamw(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -142,66 +243,15 @@ def fused_masked_adamw(
 
     ``cuda_order`` picks which torch backend's operation order to reproduce (see the
     module docstring); default: CUDA order for CUDA tensors, CPU order otherwise.
+    (An optimizer stepping the same tensors repeatedly keeps an :class:`AdamWPlan`.)
 
     Raises ValueError (before touching anything) for non-contiguous tensors and
     dtype/shape/device mismatches, or a step < 1.
     """
-    check_lengths([("params", len(params)), ("grads", len(grads)), ("exp_avgs", len(exp_avgs)),
-                   ("exp_avg_sqs", len(exp_avg_sqs)), ("steps", len(steps)), ("masks", len(masks))])
-    for i, p in enumerate(params):
-        check_param(p, i)
-        check_like(grads[i], p, f"grads[{i}]", GRAD_DTYPES)
-        check_like(exp_avgs[i], p, f"exp_avgs[{i}]", (torch.float32,))
-        check_like(exp_avg_sqs[i], p, f"exp_avg_sqs[{i}]", (torch.float32,))
-        check_mask(masks[i], p, i)
-        if int(steps[i]) < 1:
-            raise ValueError(f"steps[{i}]={steps[i]}: the step count includes this step, so it must be >= 1")
-
-    # torch's lerp: weight w (rounded to fp32) < 0.5 -> m + w*(g-m); else g + (w-1)*(g-m).
-    w32 = np.float32(1 - beta1)
-    lerp_small = bool(abs(w32) < 0.5)
-    lerp_coeff = float(w32) if lerp_small else float(w32 - np.float32(1.0))
-    decay = 1 - lr * weight_decay
-    beta2 = float(beta2)
-    one_minus_beta2 = 1 - beta2
-
-    keys = [(p.device, GRAD_KINDS[grads[i].dtype], mask_kind(masks[i]),
-             is_aligned([p, grads[i], exp_avgs[i], exp_avg_sqs[i], mask_storage(masks[i])]))
-            for i, p in enumerate(params)]
-    chunk = _runtime.chunk_size()
-    for (device, grad_kind, m_kind, aligned), idx in group_indices(keys).items():
-        numels = [params[i].numel() for i in idx]
-        if sum(numels) == 0:
-            continue
-        group_steps = {int(steps[i]) for i in idx}
-        per_tensor = len(group_steps) > 1
-        neg_ss, bc2 = _step_scalars(lr, beta1, beta2, next(iter(group_steps)))
-        roles = [
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            [exp_avgs[i] for i in idx],
-            [exp_avg_sqs[i] for i in idx],
-            [mask_storage(masks[i]) for i in idx],
-        ]
-        if per_tensor:
-            pairs = [_step_scalars(lr, beta1, beta2, int(steps[i])) for i in idx]
-            tables = torch.tensor(pairs, dtype=torch.float32).t().contiguous().to(device)
-            neg_ss_tab, bc2_tab = tables[0], tables[1]
-        else:
-            neg_ss_tab = bc2_tab = torch.empty(1, dtype=torch.float32, device=device)
-        use_cuda_order = device.type == "cuda" if cuda_order is None else bool(cuda_order)
-        tune_key = _runtime.tune_bucket(sum(numels))
-        flags = dict(CHUNK=chunk, GRAD_KIND=grad_kind, MASK_KIND=m_kind, LERP_SMALL=lerp_small,
-                     PER_TENSOR_STEP=per_tensor, MAXIMIZE=bool(maximize), CUDA_ORDER=use_cuda_order,
-                     EMULATE_FMA=_runtime.INTERPRET, ALIGNED=aligned, **_runtime.block_kwargs())
-        scalars = (decay, lerp_coeff, beta2, one_minus_beta2, eps, neg_ss, bc2, tune_key)
-
-        def launch(scratch: bool, roles=roles, numels=numels, device=device, flags=flags, scalars=scalars,
-                   neg_ss_tab=neg_ss_tab, bc2_tab=bc2_tab) -> None:
-            if scratch:  # autotuning run on copies: see _runtime.launch_tuned
-                roles = [[None if t is None else t.clone() for t in role] for role in roles]
-            wl = build_work_list(roles, numels, chunk, device, use_cache=not scratch)
-            _kernel[(wl.n_work,)](wl.work_tid, wl.work_start, wl.numels, *wl.tables, neg_ss_tab, bc2_tab,
-                                  *scalars, **flags)
-
-        _runtime.launch_tuned(("adamw", str(device), tune_key, grad_kind, m_kind, aligned), launch)
+    check_lengths([("params", len(params)), ("steps", len(steps))])
+    check_steps(steps)
+    plan = AdamWPlan(params, grads, exp_avgs, exp_avg_sqs, masks, beta1=beta1, maximize=maximize,
+                     cuda_order=cuda_order, use_cache=True)
+    uniform = len({int(s) for s in steps}) <= 1
+    plan.run(step=int(steps[0]) if uniform and len(steps) else None, steps=None if uniform else steps,
+             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)

@@ -19,6 +19,12 @@ copy) and cached by its contents: the addresses and sizes of parameters, state a
 Caching by contents is safe by construction: a hit means the tables would be
 byte-identical anyway.
 
+An optimizer that steps the same tensors every step keeps a :class:`LaunchGroup` per
+launch instead (its own tables, never shared through the cache): when only the
+gradients moved (``zero_grad(set_to_none=True)`` lets the allocator hand out new
+addresses), :meth:`LaunchGroup.set_role` rewrites that one row in place rather than
+rebuilding the work list.
+
 Works under ``TRITON_INTERPRET=1`` for CPU tensors (the interpreter turns the
 int64 -> pointer cast into a bitcast and dereferences host addresses); see
 :func:`kernels._runtime.check_device`.
@@ -27,11 +33,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from . import _runtime
 from ._tl import ALIGN_BYTES
 
 _CACHE_SIZE = 32
@@ -117,3 +124,56 @@ def group_indices(keys: Sequence[tuple]) -> Dict[tuple, List[int]]:
 def clear_cache() -> None:
     """Drop cached tables (e.g. after freeing many tensors; only memory is at stake)."""
     _CACHE.clear()
+
+
+class LaunchGroup:
+    """One multi-tensor launch of a step plan: its tensors (by role), its tables and its compile-time flags.
+
+    Why a class: the tables, flags and autotune key of a launch depend only on which
+    tensors it updates, so an optimizer builds them once and, per step, passes only the
+    step's scalars (:meth:`launch`).  ``kernel`` is called at launch time to get the
+    jitted kernel, so a wrapper installed on the module attribute (tests count launches
+    that way) is seen.
+    """
+
+    def __init__(self, kernel: Callable[[], Any], tune_key: tuple, indices: List[int],
+                 roles: List[List[Optional[Tensor]]], numels: List[int], chunk: int, device: torch.device,
+                 flags: Dict[str, Any], use_cache: bool) -> None:
+        self.kernel = kernel
+        self.tune_key = tune_key
+        self.indices = indices
+        self.roles = roles
+        self.numels = numels
+        self.chunk = chunk
+        self.device = device
+        self.flags = flags
+        self.bucket = _runtime.tune_bucket(sum(numels))
+        self.wl = build_work_list(roles, numels, chunk, device, use_cache=use_cache)
+        self.owned = not use_cache
+
+    def set_role(self, role: int, tensors: List[Optional[Tensor]], addresses: Sequence[int]) -> None:
+        """Point role ``role`` at new tensors (same sizes) at ``addresses``: one small host-to-device copy.
+
+        Only for owned tables (built with ``use_cache=False``): cached ones are shared by
+        content.  The copy is stream-ordered after any launch that still reads the old row.
+        """
+        if not self.owned:
+            raise RuntimeError("set_role on a cached work list would corrupt the cache; build with use_cache=False")
+        self.roles[role] = tensors
+        self.wl.tables[role].copy_(torch.tensor(addresses, dtype=torch.int64))
+
+    def launch(self, *extra: Any) -> None:
+        """Launch over this group's tables with ``extra`` (per-step scalars/tensors), then the tune bucket.
+
+        The first launch for a ``tune_key`` autotunes on scratch copies
+        (:func:`kernels._runtime.launch_tuned`), so the real tensors are stepped exactly once.
+        """
+        def run(scratch: bool) -> None:
+            wl = self.wl
+            if scratch:
+                roles = [[None if t is None else t.clone() for t in role] for role in self.roles]
+                wl = build_work_list(roles, self.numels, self.chunk, self.device, use_cache=False)
+            _runtime.launch(self.kernel(), (wl.n_work,), wl.work_tid, wl.work_start, wl.numels, *wl.tables,
+                            *extra, self.bucket, **self.flags)
+
+        _runtime.launch_tuned(self.tune_key, run)

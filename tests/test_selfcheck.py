@@ -29,6 +29,25 @@ def test_selfcheck_passes_and_reports_every_case(capsys):
     assert "FAIL" not in out
 
 
+def test_selfcheck_quick_launches_every_kernel_variant(monkeypatch):
+    """The quick set must reach every compiled variant; a set that misses one fails the run.
+
+    Launches are only recorded here (the numbers of the quick cases are a subset of the
+    full run's, checked above), so this costs a fraction of a second.
+    """
+    from kernels import _runtime
+
+    monkeypatch.setattr(selfcheck, "run_select_case", lambda device: selfcheck.CaseResult("select", 0.0, True, 0, True))
+    with _runtime.stubbed_launches():
+        results = selfcheck.run_all(CPU, quick=True)
+    assert len(results) == len(selfcheck.quick_cases()) + 2
+    assert results[-1].ok and results[-1].note.startswith("24/24")
+    monkeypatch.setattr(selfcheck, "quick_cases", lambda: [c for c in selfcheck.full_cases()[:1]])
+    with _runtime.stubbed_launches():
+        results = selfcheck.run_all(CPU, quick=True)
+    assert not results[-1].ok and "never launched" in results[-1].note
+
+
 def test_selfcheck_catches_a_kernel_that_revives_pruned_weights(monkeypatch):
     def leaky(params, grads, bufs, masks, **hyper):
         masked_sgd(params, grads, bufs, [None] * len(params), **hyper)  # forgets the masks

@@ -43,7 +43,9 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._closure_loss(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            if self._triton_step(index, group):
+                continue
             params = [p for p in group["params"] if p.grad is not None]
             exp_avgs, exp_avg_sqs, steps = [], [], []
             for p in params:
@@ -62,10 +64,34 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                          weight_decay=group["weight_decay"], maximize=group["maximize"])
-            if self.resolve_backend(params) == "triton":
-                from kernels import fused_masked_adamw
-
-                fused_masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
-            else:
-                masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
+            masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
         return loss
+
+    # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------
+    def _init_state(self, p) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            # fp32 state even for low-precision params: the moments need the range.
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _flags_key(self, group: dict) -> tuple:
+        return (group["betas"][0], group["maximize"])
+
+    def _build_plan(self, group, params, grads, masks):
+        from kernels.masked_adamw import AdamWPlan
+
+        states = [self._init_state(p) for p in params]
+        return AdamWPlan(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], masks,
+                         beta1=group["betas"][0], maximize=group["maximize"], use_cache=False)
+
+    def _adopt_state(self, plan, params) -> None:
+        plan.adopt_steps([self.state[p] for p in params])
+
+    def _run_plan(self, plan, group) -> None:
+        plan.count_step()
+        beta1, beta2 = group["betas"]
+        plan.kernel_plan.run(step=plan.step, steps=plan.steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                             eps=group["eps"], weight_decay=group["weight_decay"])

@@ -1,7 +1,7 @@
 """What the masked optimizers share: where masks come from and which backend runs."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor
@@ -14,6 +14,11 @@ BACKENDS = ("auto", "torch", "triton")
 
 def _no_masks(_: Tensor) -> Optional[Tensor]:
     return None
+
+
+def _drop_plans(optimizer) -> None:
+    """load_state_dict post-hook (a module function, so the optimizer stays picklable)."""
+    optimizer._plans.clear()
 
 
 class MaskedOptimizerMixin:
@@ -34,6 +39,12 @@ class MaskedOptimizerMixin:
         self.backend = backend
         self.mask_source = mask_source or _no_masks
         self.masking_enabled = True
+        self._plans: Dict[int, Any] = {}  # param group index -> triton_step.GroupPlan
+        self.register_load_state_dict_post_hook(_drop_plans)  # the state tensors were replaced
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)  # torch pickles defaults, state and param_groups only
+        self._plans = {}
 
     @staticmethod
     def _closure_loss(closure) -> Optional[Tensor]:
@@ -53,6 +64,58 @@ class MaskedOptimizerMixin:
 
     def set_mask_source(self, mask_source: MaskSource) -> None:
         self.mask_source = mask_source
+        self._plans.clear()
+
+    # --- the Triton path -----------------------------------------------------------
+    def _flags_key(self, group: dict) -> tuple:
+        """Hyperparameters that select a kernel variant: a change rebuilds the group's plan."""
+        raise NotImplementedError
+
+    def _build_plan(self, group: dict, params: List[Tensor], grads: List[Tensor],
+                    masks: List[Optional[Tensor]]) -> Any:
+        """Check the tensors, create missing state, and return the kernel plan (kernels.*Plan)."""
+        raise NotImplementedError
+
+    def _run_plan(self, plan: Any, group: dict) -> None:
+        raise NotImplementedError
+
+    def _triton_step(self, index: int, group: dict) -> bool:
+        """Step ``group`` with the fused kernels if its backend is Triton; False sends it to the PyTorch path.
+
+        The host work is the cheap check of :mod:`dstrain.optim.triton_step` while the
+        group's plan still fits; the plan is (re)built, with every argument check, only
+        when it does not.
+        """
+        if self.backend == "torch":
+            self._plans.clear()
+            return False
+        from .triton_step import _GRAD, GroupPlan
+
+        params = group["params"]
+        grads = list(map(_GRAD, params))
+        masks = list(map(self.mask_source, params)) if self.masking_enabled else None
+        flags_key = self._flags_key(group)
+        plan = self._plans.get(index)
+        if plan is not None and plan.group is group and plan.matches(params, grads, masks, flags_key):
+            self._run_plan(plan, group)
+            return True
+        present = [i for i, g in enumerate(grads) if g is not None]
+        stepped = [params[i] for i in present]
+        if not stepped or self.resolve_backend(stepped) != "triton":
+            self._plans.pop(index, None)  # the PyTorch path replaces state tensors: plan afresh later
+            return not stepped
+        step_grads = [grads[i] for i in present]
+        step_masks = [None] * len(stepped) if masks is None else [masks[i] for i in present]
+        self._plans.pop(index, None)
+        kernel_plan = self._build_plan(group, stepped, step_grads, step_masks)
+        plan = GroupPlan(group, list(params), masks, present, step_grads, kernel_plan, flags_key)
+        self._adopt_state(plan, stepped)
+        self._plans[index] = plan
+        self._run_plan(plan, group)
+        return True
+
+    def _adopt_state(self, plan: Any, params: List[Tensor]) -> None:
+        """Hook for optimizers with per-step state the plan keeps (AdamW's step counters)."""
 
     def masks_for(self, params: Iterable[Tensor]) -> List[Optional[Tensor]]:
         if not self.masking_enabled:

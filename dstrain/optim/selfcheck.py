@@ -13,11 +13,19 @@ and bf16 gradients, byte/bit/absent masks, all-pruned tensors, tensors that span
 several chunks, and views at odd offsets into one flat buffer (DeepSpeed's layout).
 The first step of each case is also the autotuner's first sight of that size, so a
 tuner that applied the in-place step more than once would show up as a mismatch.
+
+``--quick`` runs 18 optimizer cases instead of 40 (plus the select case), chosen so that every compiled variant of
+both kernels (gradient dtype x byte/bit/no mask x aligned/unaligned) is launched at
+least once, which the run checks from the launches themselves; and it compiles one
+block configuration per variant instead of autotuning eight (``DSTRAIN_AUTOTUNE=0``).
+On a fresh GPU machine compilation dominates, so this is the check that fits a
+short lease; the full run is for a longer one.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -40,6 +48,8 @@ class CaseResult:
     bitwise: bool
     pruned_nonzero: int
     ok: bool
+    note: str = ""
+    """Printed instead of the difference, for results that are not comparisons."""
 
 
 def _device() -> torch.device:
@@ -163,34 +173,90 @@ def run_select_case(device: torch.device, seed: int = 0) -> CaseResult:
     return CaseResult("radix select vs kthvalue", worst, exact, 0, exact)
 
 
-def run_all(device: torch.device, report: Callable[[CaseResult], None] = lambda r: None) -> List[CaseResult]:
+GRAD_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def full_cases() -> List[Tuple[str, torch.dtype, str, str]]:
+    """(optimizer, grad dtype, mask format, layout): the whole cross product (40 cases)."""
+    return [(o, g, f, lay) for o in OPTIMIZERS for g in GRAD_DTYPES
+            for f in ("bool", "uint8", "bit", "mixed", "none") for lay in ("fresh", "flat")]
+
+
+def quick_cases() -> List[Tuple[str, torch.dtype, str, str]]:
+    """18 cases that launch every kernel variant: 'mixed' masks give byte-masked and dense
+    groups, 'flat' views give unaligned groups (and aligned ones where an offset happens to
+    be a multiple of 16 bytes), 'fresh' tensors aligned ones; one uint8 case per optimizer
+    checks that byte masks of either dtype reach the same variant."""
+    cases = []
+    for o in OPTIMIZERS:
+        for g in GRAD_DTYPES:
+            cases += [(o, g, f, lay) for f in ("mixed", "bit") for lay in ("fresh", "flat")]
+        cases.append((o, torch.float32, "uint8", "flat"))
+    return cases
+
+
+def expected_variants() -> set:
+    """(kernel, GRAD_KIND, MASK_KIND, ALIGNED) for every compiled variant the optimizers use."""
+    from kernels._tl import GRAD_KINDS
+
+    return {(o, GRAD_KINDS[g], m, a) for o in OPTIMIZERS for g in GRAD_DTYPES for m in (0, 1, 2) for a in (True, False)}
+
+
+def _variant(kwargs: dict) -> tuple:
+    kernel = "sgd" if "HAS_MOMENTUM" in kwargs else "adamw"
+    return (kernel, kwargs["GRAD_KIND"], kwargs["MASK_KIND"], kwargs["ALIGNED"])
+
+
+def run_all(device: torch.device, report: Callable[[CaseResult], None] = lambda r: None,
+            quick: bool = False) -> List[CaseResult]:
+    """Every case (or the quick set), then the radix select; with ``quick``, a last result
+    says whether every kernel variant was launched."""
+    from kernels import _runtime
+
     results = []
-    for optimizer in OPTIMIZERS:
-        for grad_dtype in (torch.float32, torch.bfloat16):
-            for fmt in ("bool", "uint8", "bit", "mixed", "none"):
-                for layout in ("fresh", "flat"):
-                    results.append(run_optimizer_case(optimizer, grad_dtype, fmt, layout, device))
-                    report(results[-1])
+    with _runtime.logged_launches() as launches:
+        for case in (quick_cases() if quick else full_cases()):
+            results.append(run_optimizer_case(*case, device))
+            report(results[-1])
     results.append(run_select_case(device))
     report(results[-1])
+    if quick:
+        missing = expected_variants() - {_variant(kw) for kw in launches}
+        name = f"{len(expected_variants()) - len(missing)}/{len(expected_variants())} (kernel, grad kind, mask kind, aligned)"
+        if missing:
+            name += f"; never launched: {sorted(missing)}"
+        results.append(CaseResult("variants launched", 0.0, False, 0, not missing, note=name))
+        report(results[-1])
     return results
 
 
 def _print(r: CaseResult) -> None:
     status = "ok  " if r.ok else "FAIL"
+    if r.note:
+        print(f"{status} {r.name:<48} {r.note}", flush=True)
+        return
     extra = f", {r.pruned_nonzero} pruned entries non-zero" if r.pruned_nonzero else ""
     print(f"{status} {r.name:<48} max |diff| {r.max_abs_diff:.3g}{' (bitwise)' if r.bitwise else ''}{extra}",
           flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="every kernel variant once, one block config each (under a minute on a GPU)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        if "kernels._runtime" not in sys.modules:
+            os.environ.setdefault("DSTRAIN_AUTOTUNE", "0")  # read when kernels is first imported
+        elif sys.modules["kernels._runtime"].AUTOTUNE and not sys.modules["kernels._runtime"].INTERPRET:
+            print("note: kernels were imported before --quick could turn autotuning off; autotuning stays on")
     device = _device()
     import triton
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
-    print(f"fused kernels vs PyTorch reference on {name}, torch {torch.__version__}, triton {triton.__version__}")
-    results = run_all(device, _print)
+    print(f"fused kernels vs PyTorch reference on {name}, torch {torch.__version__}, triton {triton.__version__}"
+          + (" (quick)" if args.quick else ""))
+    results = run_all(device, _print, quick=args.quick)
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)}/{len(results)} cases agree "
           f"({sum(r.bitwise for r in results)} bitwise); tolerance rtol={RTOL}, atol={ATOL}")

@@ -46,7 +46,9 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._closure_loss(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            if self._triton_step(index, group):
+                continue
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
             bufs = [self.state[p].get("momentum_buffer") for p in params]
@@ -54,13 +56,27 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
             hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                          maximize=group["maximize"])
-            if self.resolve_backend(params) == "triton":
-                from kernels import fused_masked_sgd
-
-                fused_masked_sgd(params, grads, bufs, masks, **hyper)
-            else:
-                masked_sgd(params, grads, bufs, masks, **hyper)
+            masked_sgd(params, grads, bufs, masks, **hyper)
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
         return loss
+
+    # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------
+    def _flags_key(self, group: dict) -> tuple:
+        return (group["momentum"] != 0, group["nesterov"], group["weight_decay"] != 0, group["maximize"])
+
+    def _build_plan(self, group, params, grads, masks):
+        from kernels.masked_sgd import SGDPlan
+
+        bufs = [self.state[p].get("momentum_buffer") for p in params]
+        plan = SGDPlan(params, grads, bufs, masks, momentum=group["momentum"], nesterov=group["nesterov"],
+                       weight_decay=group["weight_decay"], maximize=group["maximize"], use_cache=False)
+        if group["momentum"] != 0:
+            for p, buf in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = buf
+        return plan
+
+    def _run_plan(self, plan, group) -> None:
+        plan.kernel_plan.run(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                             weight_decay=group["weight_decay"])

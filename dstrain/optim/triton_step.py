@@ -1,0 +1,111 @@
+"""The Triton path of a masked optimizer step, with the host work done once per tensor list, not per step.
+
+Why: at ~200 parameters, per-parameter Python in a step (state lookups, argument
+checks, pointer tables, an ``.item()`` per step counter) costs milliseconds, as much
+as the fused kernels' whole GPU time for BERT-base.  So a :class:`GroupPlan` keeps,
+per param group, everything that depends only on *which* tensors are stepped (checked
+arguments, launch groups, address tables, step counters), and a step does only:
+
+* read every parameter's ``.grad``, mask (``mask_source``) and data pointer, and every
+  gradient's data pointer, with C-level ``map`` (no per-parameter Python frames);
+* compare them with the plan's (identity for parameters and masks, addresses for
+  parameters and gradients): equal means the tables are still right;
+* when only gradient addresses moved (``zero_grad(set_to_none=True)``), check the
+  moved gradients and rewrite the gradient row of the tables (one small copy);
+  anything else (new parameters, new mask tensors, a gradient appearing or vanishing,
+  a flag-changing hyperparameter, masking switched on/off) rebuilds the plan;
+* compute the step's scalars once and launch one kernel per launch group.
+
+Step counters (AdamW) live in one CPU float32 tensor per plan; each parameter's
+``state["step"]`` is a 0-d view into it, so torch's state_dict format is kept and one
+``add_`` counts a step for all, while the kernels get the count from a host integer:
+no ``.item()`` and no device synchronisation.  A plan is dropped when the optimizer's
+state is loaded (``load_state_dict``), its mask source changes, or a group takes the
+PyTorch path.  Mask *contents* may change freely (the registry updates masks in
+place): the kernels read them on every step.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+_GRAD = operator.attrgetter("grad")
+_PTR = Tensor.data_ptr
+
+
+def _same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+class GroupPlan:
+    """One param group's prepared Triton step (see the module docstring)."""
+
+    def __init__(self, group: dict, params: List[Tensor], all_masks: Optional[List[Any]], present: List[int],
+                 grads: List[Tensor], kernel_plan: Any, flags_key: tuple) -> None:
+        self.group = group
+        self.params = list(params)
+        self.masks = all_masks
+        self.present = present
+        self.all_present = len(present) == len(params)
+        self.p_addrs = list(map(_PTR, params))
+        self.g_addrs = list(map(_PTR, grads))
+        self.kernel_plan = kernel_plan
+        self.flags_key = flags_key
+        self.step: Optional[int] = None  # AdamW: the shared step count (None: tensors differ)
+        self.steps: Optional[List[int]] = None  # AdamW: per-tensor counts when they differ
+        self.steps_buf: Optional[Tensor] = None
+
+    def current_grads(self, params: List[Tensor], grads: List[Optional[Tensor]]) -> Optional[List[Tensor]]:
+        """This step's gradients of the planned tensors, or None if the set of tensors with a gradient changed."""
+        if self.all_present:
+            return grads  # type: ignore[return-value]  (a None shows up as a TypeError in matches)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        return [grads[i] for i in present] if present == self.present else None  # type: ignore[misc]
+
+    def matches(self, params: List[Tensor], grads: List[Optional[Tensor]], masks: Optional[List[Any]],
+                flags_key: tuple) -> bool:
+        """True if the plan can run this step (patching moved gradient addresses in place)."""
+        if flags_key != self.flags_key or self.kernel_plan.stale or not _same_objects(params, self.params):
+            return False
+        if (masks is None) != (self.masks is None) or (masks is not None and not _same_objects(masks, self.masks)):
+            return False
+        if list(map(_PTR, params)) != self.p_addrs:
+            return False
+        stepped = self.current_grads(params, grads)
+        if stepped is None:
+            return False
+        try:
+            g_addrs = list(map(_PTR, stepped))
+        except TypeError:  # a gradient is None now: the set of stepped tensors changed
+            return False
+        if g_addrs != self.g_addrs:
+            moved = [i for i, (a, b) in enumerate(zip(g_addrs, self.g_addrs)) if a != b]
+            planned = [params[i] for i in self.present] if not self.all_present else params
+            if not self.kernel_plan.set_grads(planned, stepped, moved, g_addrs):
+                return False
+            self.g_addrs = g_addrs
+        return True
+
+    # --- AdamW step counters -------------------------------------------------------
+    def adopt_steps(self, states: List[dict]) -> None:
+        """Move the tensors' ``state["step"]`` into one buffer (views), reading the counts once."""
+        counts = [float(s["step"]) for s in states]
+        self.steps_buf = torch.tensor(counts, dtype=torch.float32)
+        for i, s in enumerate(states):
+            s["step"] = self.steps_buf[i]
+        ints = [int(c) for c in counts]
+        if len(set(ints)) <= 1:
+            self.step = ints[0] if ints else 0
+        else:
+            self.steps = ints
+
+    def count_step(self) -> None:
+        """One more step for every planned tensor: one ``add_`` on the buffer, host counts in Python ints."""
+        self.steps_buf.add_(1)
+        if self.steps is None:
+            self.step += 1
+        else:
+            self.steps = [s + 1 for s in self.steps]
