@@ -155,7 +155,7 @@ class OptimizerSpec(_Strict):
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     betas: Annotated[Tuple[Beta, Beta], BeforeValidator(_list_to_tuple)] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
-    backend: Literal["auto", "torch", "triton"] = "auto"
+    backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
     no_weight_decay: List[str] = Field(default_factory=list,
                                        description="regexes over parameter names trained without weight decay "
                                                    "(e.g. bias, LayerNorm.weight for BERT)")

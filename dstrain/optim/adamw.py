@@ -64,7 +64,12 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                          weight_decay=group["weight_decay"], maximize=group["maximize"])
-            masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
+            if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
+                from .cpu_kernels import fused_masked_adamw_cpu
+
+                fused_masked_adamw_cpu(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
+            else:
+                masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
         return loss
 
     # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------

@@ -69,25 +69,8 @@ def _capability() -> str:
     return cap if cap in _ISA_FLAGS else "DEFAULT"
 
 
-def _torch_sqrt_is_mkl() -> bool:
-    """torch.sqrt on fp32 CPU tensors calls MKL's vmsSqrt when torch is built with MKL (ATen/cpu/vml.h).
-
-    The kernel then calls the same function (exported by libtorch_cpu, which every
-    extension links) so that its square roots, and hence AdamW's parameters, are
-    bitwise those of the reference; MKL's is not always correctly rounded.
-    """
-    if not torch.backends.mkl.is_available():
-        return False
-    import ctypes
-
-    try:
-        return hasattr(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")), "vmsSqrt")
-    except OSError:
-        return False
-
-
 def _flags() -> List[str]:
-    return _COMMON_FLAGS + _ISA_FLAGS.get(_capability(), []) + (["-DDSTRAIN_MKL_SQRT"] if _torch_sqrt_is_mkl() else [])
+    return _COMMON_FLAGS + _ISA_FLAGS.get(_capability(), [])
 
 
 def extension_name() -> str:

@@ -56,7 +56,12 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
             hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                          maximize=group["maximize"])
-            masked_sgd(params, grads, bufs, masks, **hyper)
+            if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
+                from .cpu_kernels import fused_masked_sgd_cpu
+
+                fused_masked_sgd_cpu(params, grads, bufs, masks, **hyper)
+            else:
+                masked_sgd(params, grads, bufs, masks, **hyper)
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf

@@ -9,7 +9,7 @@
 // vec::fmadd (add with alpha, lerp, addcmul).  Torch's DEFAULT (non-FMA) build
 // evaluates those as a rounded multiply then an add, and so does FMA() when this file
 // is built without -mfma (DSTRAIN_HAS_FMA is set by the loader from torch's own CPU
-// capability).  Division is IEEE in both; sqrt is whatever torch.sqrt is (see sqrt_block).
+// capability).  Division is IEEE in both; sqrt is IEEE here (see adamw_block).
 //
 // Layout: every tensor is addressed as flat memory.  That is only right when the
 // parameter is non-overlapping and dense and its gradient, state and byte mask have
@@ -295,44 +295,27 @@ struct AdamScalars {
   float decay, lerp_w, beta2, one_minus_beta2, eps;
 };
 
-// torch's sqrt on the CPU: MKL's vmsSqrt in high-accuracy mode when torch is built with
-// MKL (ATen/cpu/vml.h), which is not always correctly rounded; otherwise its vectorised
-// sqrt, which is.  The loader sets DSTRAIN_MKL_SQRT when libtorch_cpu exports vmsSqrt.
-#ifdef DSTRAIN_MKL_SQRT
-extern "C" void vmsSqrt(int n, const float* a, float* r, long long mode);
-constexpr long long kVmlMode = 0x2 /* VML_HA */ | 0x140000 /* VML_FTZDAZ_OFF */ | 0x100 /* VML_ERRMODE_IGNORE */;
-inline void sqrt_block(const float* __restrict x, float* __restrict y, int64_t n) {
-  vmsSqrt(static_cast<int>(n), x, y, kVmlMode);
-}
-#else
-inline void sqrt_block(const float* __restrict x, float* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::sqrt(x[i]);
-}
-#endif
-
-// Two loops per block because the square root may be a library call on a whole block.
+// The square root is the hardware's (correctly rounded, like the Triton kernels' sqrt_rn).
+// torch.sqrt on the CPU is MKL's vmsSqrt in high-accuracy mode when torch is built with
+// MKL (ATen/cpu/vml.h), which is off by one ulp for ~15% of inputs; calling it here made
+// the parameters bitwise equal to the reference but cost ~1 ns per element on a 2-core
+// EPYC (2x torch's dense fused AdamW, which does not use it either).  So the moments are
+// bitwise those of the reference and the parameter is within the reference's documented
+// 1-2 ulp, exactly as for the Triton kernels.
 // LERP_SMALL: torch's lerp takes self + w*(end-self) for |w| < 0.5, else end - (end-self)*(1-w);
 // lerp_w holds w, or w - 1 (so both are one FMA).
 template <bool MASKED, bool LERP_SMALL>
 void adamw_block(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
                  const uint8_t* __restrict keep, int64_t n, AdamScalars s, float neg_ss, float bc2) {
-  alignas(64) float mbuf[kBlock];
-  alignas(64) float vbuf[kBlock];
-  alignas(64) float root[kBlock];
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i];
-    const float mi = m[i];
+    float pi = p[i] * s.decay;                                        // param.mul_(1 - lr*wd)
+    float mi = m[i];
     const float d = gi - mi;
-    mbuf[i] = LERP_SMALL ? FMA(s.lerp_w, d, mi) : FMA(s.lerp_w, d, gi);  // exp_avg.lerp_(grad, 1-beta1)
-    vbuf[i] = FMA(gi * s.one_minus_beta2, gi, v[i] * s.beta2);           // mul_(b2).addcmul_(g, g, value=1-b2)
-  }
-  sqrt_block(vbuf, root, n);
-  for (int64_t i = 0; i < n; ++i) {
-    float pi = p[i] * s.decay;                     // param.mul_(1 - lr*wd)
-    float mi = mbuf[i];
-    float vi = vbuf[i];
-    const float denom = root[i] / bc2 + s.eps;     // (sqrt(v) / bc2).add_(eps)
-    pi = pi + (neg_ss * mi) / denom;               // param.addcdiv_(m, denom, value=-ss)
+    mi = LERP_SMALL ? FMA(s.lerp_w, d, mi) : FMA(s.lerp_w, d, gi);    // exp_avg.lerp_(grad, 1-beta1)
+    float vi = FMA(gi * s.one_minus_beta2, gi, v[i] * s.beta2);       // mul_(b2).addcmul_(g, g, value=1-b2)
+    const float denom = std::sqrt(vi) / bc2 + s.eps;                   // (sqrt(v) / bc2).add_(eps)
+    pi = pi + (neg_ss * mi) / denom;                                   // param.addcdiv_(m, denom, value=-ss)
     if (MASKED) {
       const bool k = keep[i] != 0;
       pi = k ? pi : 0.f;
