@@ -81,11 +81,57 @@ def step_bytes(params: Sequence[torch.Tensor], masks: Sequence[Optional[torch.Te
     return total
 
 
+COPY_ELEMENTS = 1 << 20 if SMOKE else (64 << 20 if DEVICE.type == "cpu" else 256 << 20)
+"""fp32 elements of the bandwidth probe: 256 MiB on a CPU, 1 GiB on a GPU, far beyond any cache."""
+_COPY_GBPS: List[float] = []
+
+
+def copy_gbps() -> float:
+    """Measured copy bandwidth, GB/s (read + write bytes / median time of ``dst.copy_(src)``).
+
+    Measured once per run, in the same process and under the same load as the
+    optimizer steps, so "% of copy bandwidth" compares like with like.  A fused
+    step is a streaming read/write pass, so a large copy is its speed of light.
+    """
+    if not _COPY_GBPS:
+        src = torch.rand(COPY_ELEMENTS, device=DEVICE)
+        dst = torch.empty_like(src)
+        seconds = median_seconds(lambda: dst.copy_(src))
+        _COPY_GBPS.append(2 * src.numel() * src.element_size() / seconds / 1e9)
+        del src, dst
+    return _COPY_GBPS[0]
+
+
+def paired_ratio(reference: Callable[[], None], candidate: Callable[[], None], pairs: int = 9) -> float:
+    """Median over back-to-back pairs of candidate time / reference time.
+
+    On a shared machine the load changes from one benchmark to the next; timing the
+    two steps alternately and taking the median of the per-pair ratios keeps a load
+    change from landing on one side of the comparison only.
+    """
+    ref, cand = synced(reference), synced(candidate)
+    ref(), cand()
+    ratios = []
+    for _ in range(pairs):
+        t0 = time.perf_counter()
+        ref()
+        t1 = time.perf_counter()
+        cand()
+        t2 = time.perf_counter()
+        ratios.append((t2 - t1) / (t1 - t0))
+    ratios.sort()
+    return ratios[len(ratios) // 2]
+
+
 def record(benchmark, *, bytes_moved: int, baseline_s: Optional[float], baseline_label: str, label: str,
            **extra) -> Dict:
-    """Per-step time, effective GB/s and speed-up vs the baseline (timed in the same run), into extra_info."""
+    """Per-step time, effective GB/s, % of the measured copy bandwidth and speed-up vs the baseline
+    (both timed in the same run), into extra_info."""
     own = benchmark.stats.stats.median
     info = dict(label=label, median_ms=own * 1e3, bytes_moved=bytes_moved, gbps=bytes_moved / own / 1e9, **extra)
+    if bytes_moved:
+        info["copy_gbps"] = copy_gbps()
+        info["pct_of_copy"] = 100 * info["gbps"] / info["copy_gbps"]
     if baseline_s is not None:
         info["baseline"] = baseline_label
         info["baseline_ms"] = baseline_s * 1e3

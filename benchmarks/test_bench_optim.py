@@ -1,4 +1,4 @@
-"""Masked optimizer step: dense torch fused vs unfused masking vs dstrain torch vs Triton fused.
+"""Masked optimizer step: dense torch fused vs unfused masking vs dstrain torch vs fused C++ (CPU) / Triton (GPU).
 
 For ResNet50- and BERT-base-shaped parameter lists with 90% random masks on every
 weight matrix / conv kernel (biases and norms dense), per optimizer step:
@@ -8,13 +8,19 @@ weight matrix / conv kernel (biases and norms dense), per optimizer step:
 * ``unfused_masked``: the usual way to keep pruned weights at zero with a stock
   optimizer: mask the grads, torch fused step, then multiply params and every state
   buffer by the mask (the baseline every ratio is against);
-* ``dstrain_torch``: ``MaskedSGD/MaskedAdamW(backend='torch')``;
-* ``triton_fused`` / ``triton_fused_bitmask``: ``backend='triton'`` with byte / packed masks.
+* ``dstrain_torch``: ``MaskedSGD/MaskedAdamW(backend='torch')`` (the exact reference);
+* ``dstrain_cpu`` (CPU runs only): ``backend='cpu'``, the fused C++ step of
+  ``dstrain/optim/cpu_kernels.py``, with byte masks;
+* ``triton_fused`` / ``triton_fused_bitmask`` (GPU runs only): ``backend='triton'`` with
+  byte / packed masks.
 
 Reported per step (extra_info, and ``python benchmarks/report.py out.json``):
 median time, effective GB/s (minimum bytes a fused step moves / time, see
-``common.step_bytes``) and speed-up vs ``unfused_masked`` measured in the same run.
-No speed assertions: these are measurements.
+``common.step_bytes``), that as a % of the copy bandwidth measured in the same run
+(``common.copy_gbps``), the speed-up vs ``unfused_masked`` and the time relative to
+``dense_torch_fused``, both measured in the same run; for the fused rows also that
+last ratio from alternating pairs of steps (``common.paired_ratio``), which a load
+change on a shared machine cannot bias.  No speed assertions: these are measurements.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 
-from common import (DEVICE, ROUNDS, cuda_name, make_masks, make_params, median_seconds, model_shapes, record,
-                    step_bytes, synced)
+from common import (COPY_ELEMENTS, DEVICE, ROUNDS, copy_gbps, cuda_name, make_masks, make_params, median_seconds, model_shapes,
+                    paired_ratio, record, step_bytes, synced)
 from dstrain.optim import MaskedAdamW, MaskedSGD
 
 HYPER = {
@@ -90,6 +96,7 @@ IMPLS = {
     "dense_torch_fused": _dense_step,
     "unfused_masked": _unfused_masked_step,
     "dstrain_torch": _masked_optimizer_step("torch"),
+    "dstrain_cpu": _masked_optimizer_step("cpu"),
     "triton_fused": _masked_optimizer_step("triton"),
     "triton_fused_bitmask": _masked_optimizer_step("triton", bitmask=True),
 }
@@ -113,10 +120,26 @@ def _baseline_seconds(model: str, optimizer: str) -> float:
     return _BASELINE_S[key]
 
 
+FUSED = ("dstrain_cpu", "triton_fused", "triton_fused_bitmask")
+
+
+def test_copy_bandwidth(benchmark):
+    """The speed of light the '% of copy' column refers to, as its own row (group 'copy')."""
+    src = torch.rand(COPY_ELEMENTS, device=DEVICE)
+    dst = torch.empty_like(src)
+    benchmark.group = "copy"
+    benchmark.pedantic(synced(lambda: dst.copy_(src)), rounds=ROUNDS, warmup_rounds=3, iterations=1)
+    record(benchmark, bytes_moved=2 * src.numel() * src.element_size(), baseline_s=None, baseline_label="",
+           label="copy", n_tensors=1, n_params=src.numel(), device=cuda_name())
+
+
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 @pytest.mark.parametrize("model", ["resnet50", "bert_base"])
 def test_optimizer_step(benchmark, model, optimizer, impl):
+    if impl == "dstrain_cpu" and DEVICE.type != "cpu":
+        pytest.skip("backend='cpu' steps CPU tensors; the GPU rows are the Triton ones")
+    copy_gbps()  # probed once, before this test allocates its tensors (lower peak memory)
     baseline = _baseline_seconds(model, optimizer)
     params, masks, step = _setup(model, optimizer, impl)
     benchmark.group = f"{model}-{optimizer}"
@@ -124,6 +147,9 @@ def test_optimizer_step(benchmark, model, optimizer, impl):
     dense = impl == "dense_torch_fused"
     bytes_moved = step_bytes(params, [None] * len(params) if dense else masks, optimizer,
                              mask_bits=1 if impl.endswith("bitmask") else 8)
+    extra = {}
+    if impl in FUSED:  # same parameters, the dense optimizer's own state: time both alternately
+        extra["paired_vs_dense"] = paired_ratio(_dense_step(optimizer, params, masks), step)
     record(benchmark, bytes_moved=bytes_moved, baseline_s=baseline, baseline_label="unfused_masked", label=impl, model=model,
            optimizer=optimizer, n_tensors=len(params), n_params=sum(p.numel() for p in params),
-           device=cuda_name())
+           device=cuda_name(), **extra)
