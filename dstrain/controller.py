@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 
 from .errors import ConfigError
 from .masks import MaskRegistry
+from .nm import update_registry_nm
 from .pruning import KthSelector
 from .recipe import Recipe
 
@@ -71,7 +72,10 @@ class SparsityController:
     def _prepare(self, step: int, recompute: bool) -> None:
         if recompute and self.sparsity.updates_mask(step):
             target = self.sparsity.target(step)
-            if self.mask_updater is not None:
+            nm = self.recipe.pruning.nm
+            if nm is not None:  # N:M: per-group magnitude, scope does not apply
+                flips = update_registry_nm(self.registry, target, nm)
+            elif self.mask_updater is not None:
                 flips = self.mask_updater(target, step)
             else:
                 flips = self.registry.update(target, self.recipe.pruning.scope, self.selector)

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from .errors import ConfigError
 from .masks import PrunableSelection
+from .nm import NMPattern, parse_pattern, pattern_sparsity
 from .schedules import ACDC, Constant, Dense, Gradual, LRSchedule, OneShot, SparsitySchedule
 
 Unit = Literal["epoch", "step"]
@@ -49,6 +51,7 @@ def _check_sparsity(value: float) -> float:
 
 Sparsity = Annotated[float, AfterValidator(_check_sparsity)]
 SCHEDULE_KINDS = ("dense", "constant", "oneshot", "gmp", "acdc")
+NM_SCHEDULE_KINDS = ("constant", "oneshot", "acdc")  # the ones whose masks are all at one sparsity
 
 
 class DenseSchedule(_Strict):
@@ -131,6 +134,42 @@ class PruningSpec(_Strict):
     exclude_classifier: bool = True
     unit: Unit = "epoch"
     schedule: ScheduleSpec = Field(default_factory=DenseSchedule, discriminator="kind")
+    pattern: str = Field(default="unstructured", description='"unstructured" or "N:M" (e.g. "2:4"): N kept '
+                         "in every M consecutive weights along the reduction dimension (see dstrain/nm.py)")
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _check_pattern(cls, value: Any) -> str:
+        if isinstance(value, int):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
+            raise ValueError(f"{value} is a number: YAML reads an unquoted N:M as base 60; quote it, "
+                             'e.g. pattern: "2:4" (or --set pruning.pattern=\'"2:4"\')')
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} must be 'unstructured' or a quoted \"N:M\" string")
+        parse_pattern(value)
+        return value
+
+    @property
+    def nm(self) -> Optional[NMPattern]:
+        """(N, M) for an N:M pattern, None for unstructured."""
+        return parse_pattern(self.pattern)
+
+    @model_validator(mode="after")
+    def _check_nm_schedule(self):
+        nm = self.nm
+        if nm is None:
+            return self
+        kind = self.schedule.kind
+        if kind not in NM_SCHEDULE_KINDS:
+            why = ("a dense schedule never prunes" if kind == "dense" else
+                   "a cubic sparsity ramp has no N:M mask at its intermediate levels")
+            raise ValueError(f"pattern {self.pattern!r} cannot run schedule kind {kind!r} ({why}); "
+                             f"use kind {', '.join(NM_SCHEDULE_KINDS)}")
+        want = pattern_sparsity(nm)
+        if abs(self.schedule.sparsity - want) > 1e-9:
+            raise ValueError(f"schedule.sparsity {self.schedule.sparsity:g} does not match pattern "
+                             f"{self.pattern!r}, which zeroes {want:g} of every layer it prunes; "
+                             f"set pruning.schedule.sparsity={want:g}")
+        return self
 
     @model_validator(mode="after")
     def _check_obert(self):

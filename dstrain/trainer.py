@@ -199,6 +199,7 @@ class SparseTrainer:
         check_schedule_positions(self.recipe, f"recipe {self.recipe.name}", self.steps_per_epoch)
 
         self.registry = MaskRegistry(model, self.recipe.pruning.selection())
+        self._log_nm_dense_layers()
         client_optimizer = build_optimizer(model, self.recipe)
         client_optimizer.set_mask_source(self.registry.mask_for)
         self.pruner = None
@@ -247,6 +248,22 @@ class SparseTrainer:
 
         self.pruner.attach(self.engine.module, lambda batch: self._loss(batch, self.engine.module), batches,
                            self.partition_masks.write_masters)
+
+    def _log_nm_dense_layers(self) -> None:
+        """An N:M pattern cannot cover layers whose reduction length is not a multiple of M: say which."""
+        nm = self.recipe.pruning.nm
+        if nm is None:
+            return
+        from .nm import dense_layers
+
+        dense = dense_layers(self.registry, nm)
+        self.nm_dense_layers = sorted(dense)
+        if dense:
+            listed = ", ".join(f"{n} {list(s)}" for n, s in dense.items())
+            self._log(f"pattern {self.recipe.pruning.pattern}: {len(dense)} prunable layer(s) left dense "
+                      f"(reduction length not a multiple of {nm[1]}): {listed}")
+        else:
+            self._log(f"pattern {self.recipe.pruning.pattern}: all {len(self.registry.params)} prunable layers are N:M")
 
     def _match_buffer_dtype(self) -> None:
         """DeepSpeed casts parameters, not buffers, to bf16/fp16; CPU batch_norm needs them to agree."""
