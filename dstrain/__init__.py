@@ -20,7 +20,7 @@ from .trainer import SparseTrainer, TrainerCallback, TrainerOptions
 from .recipe import dump_recipe
 
 # Hugging Face interop imports transformers: loaded on first use, not with dstrain.
-_LAZY = {"export_sparse_model": "dstrain.hf", "prepare_hf_sparse_training": "dstrain.hf"}
+_LAZY = {"export_sparse_model": "dstrain.export", "prepare_hf_sparse_training": "dstrain.hf"}
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@
     dstrain report RUN_DIR [RUN_DIR ...] --out OUT_DIR
     dstrain selfcheck                           # fused kernels vs the PyTorch reference on this GPU
     dstrain verify CHECKPOINT [CHECKPOINT ...]  # check a checkpoint (or a checkpoints/ folder) against its manifest
+    dstrain export RUN_OR_CHECKPOINT --format {torchvision,hf,compressed,semi-structured} --out DIR
 
 Each subcommand hands the rest of the command line to its own parser, so
 ``dstrain train --help`` and ``dstrain report --help`` show the full options.
@@ -36,6 +37,12 @@ def _verify(argv: List[str]) -> int:
     return main(argv)
 
 
+def _export(argv: List[str]) -> int:
+    from .export_cli import main
+
+    return main(argv)
+
+
 def _train(argv: List[str]) -> int:
     """Runs launch/train.py's main; it lives in the source checkout, not in the installed package."""
     if not TRAIN_SCRIPT.is_file():
@@ -54,7 +61,7 @@ def _train(argv: List[str]) -> int:
 
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report, "selfcheck": _selfcheck,
-                                                   "verify": _verify}
+                                                   "verify": _verify, "export": _export}
 
 
 def _usage() -> str:

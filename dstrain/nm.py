@@ -153,3 +153,9 @@ def update_registry_nm(registry, sparsity: float, pattern: NMPattern) -> float:
 def dense_layers(registry, pattern: NMPattern) -> Dict[str, Tuple[int, ...]]:
     """Prunable parameters an N:M pattern leaves dense (name -> shape), for the run log."""
     return {n: tuple(p.shape) for n, p in registry.params.items() if not nm_eligible(p, pattern)}
+
+
+@torch.no_grad()
+def registry_is_nm(registry, pattern: NMPattern) -> bool:
+    """Every N:M-eligible prunable weight holds exactly N nonzeros in every group of M."""
+    return all(is_nm(p.detach(), pattern) for p in registry.params.values() if nm_eligible(p, pattern))

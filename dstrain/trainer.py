@@ -445,6 +445,11 @@ class SparseTrainer:
             # training loop only (no evaluation, checkpoints or set-up), all ranks together
             **self.clock.rates(self.recipe.training.batch_size),
         }
+        if self.recipe.pruning.nm is not None:
+            from .nm import registry_is_nm
+
+            result["nm_exact"] = registry_is_nm(self.registry, self.recipe.pruning.nm)
+            result["nm_dense_layers"] = self.nm_dense_layers
         if self.rank == 0:
             if not stop and self.task.export(self.engine.module, str(self.output_dir / "final_model")):
                 result["exported_to"] = str(self.output_dir / "final_model")
