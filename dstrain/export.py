@@ -16,7 +16,7 @@ Formats (``dstrain export --format``):
   (``<name>::values``, ``<name>::bitmask``); the rest are stored as they are
   (:func:`save_compressed`, :func:`load_compressed`).  A 2:4 tensor costs the same 1 bit per
   element either as a bitmask or as N:M indices (two 2-bit indices per group of 4), so one
-  encoding serves both; -0.0 counts as a value, so the round trip is bit-exact;
+  encoding serves both; the round trip is exact in value (a -0.0 comes back as 0.0);
 * ``semi-structured``: the compressed file, plus :func:`swap_to_semi_structured` at load time,
   which replaces each exact-2:4 Linear weight by ``torch.sparse.to_sparse_semi_structured``
   on a CUDA GPU that has sparse tensor cores (fp16/bf16), and otherwise says why not and
@@ -147,8 +147,12 @@ def unpack_bits(packed: Tensor, numel: int) -> Tensor:
 
 
 def _stored(t: Tensor) -> Tensor:
-    """A flag per element that must be stored: nonzero, or -0.0 (so the round trip is bit-exact)."""
-    return (t != 0) | torch.signbit(t)
+    """A flag per element that must be stored: the nonzeros.
+
+    Zeros come back as +0.0.  Masking makes every pruned negative weight -0.0, which equals 0.0
+    in value and in every sum it enters, so keeping the sign would store the pruned weights again.
+    """
+    return t != 0
 
 
 def compress_state_dict(state: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
