@@ -1,5 +1,6 @@
 """dstrain export: no import circle, compressed round trip, torchvision/hf formats, semi-structured fallback, CLI errors."""
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,16 @@ def test_semi_structured_export_needs_2_4_linears(tmp_path, capsys):
     run(recipe, tmp_path / "run", max_steps=2)
     assert cli_main(["export", str(tmp_path / "run"), "--format", "semi-structured", "--out", str(tmp_path / "o")]) == 2
     assert "exactly 2:4" in capsys.readouterr().err
+
+
+def test_export_sizes_script_measures_smaller_files_at_higher_sparsity():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import export_sizes
+
+    rows = {r["setting"]: r for r in export_sizes.measure(export_sizes.small)}
+    assert abs(rows["90%"]["prunable_sparsity"] - 0.9) < 1e-6 and rows["2:4"]["prunable_sparsity"] == 0.5
+    sizes = [rows[s]["compressed_bytes"] for s in ("dense", "2:4", "90%", "95%", "98%")]
+    assert sizes == sorted(sizes, reverse=True)
+    assert rows["dense"]["compressed_bytes"] <= rows["dense"]["dense_bytes"] * 1.01  # dense stays dense
+    # 90% fp32: 10% of the values plus 1 bit per weight is about 0.135 of the prunable bytes
+    assert rows["90%"]["compressed_bytes"] < 0.2 * rows["90%"]["dense_bytes"]
