@@ -9,6 +9,8 @@ from .dsconfig import validate_ds_config
 from .errors import ConfigError
 from .manifest import CheckpointDamaged, verify_checkpoint
 from .masks import MaskRegistry, PrunableSelection, select_prunable
+from .nm import is_nm, nm_mask, parse_pattern
+from .export import export_sparse_model, load_compressed, save_compressed, swap_to_semi_structured
 from .optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from .pruning import global_magnitude_masks, layerwise_magnitude_masks
 from .obert import BlockFisherInverse, BlockLayout, fisher_bytes
@@ -20,7 +22,7 @@ from .trainer import SparseTrainer, TrainerCallback, TrainerOptions
 from .recipe import dump_recipe
 
 # Hugging Face interop imports transformers: loaded on first use, not with dstrain.
-_LAZY = {"export_sparse_model": "dstrain.export", "prepare_hf_sparse_training": "dstrain.hf"}
+_LAZY = {"prepare_hf_sparse_training": "dstrain.hf"}
 
 
 def __getattr__(name: str):
@@ -40,4 +42,5 @@ __all__ = [
     "BlockFisherInverse", "BlockLayout", "ObertPruner", "fisher_bytes",
     "Task", "build_task", "dump_recipe", "export_sparse_model", "prepare_hf_sparse_training",
     "CheckpointDamaged", "verify_checkpoint", "validate_ds_config",
+    "is_nm", "nm_mask", "parse_pattern", "load_compressed", "save_compressed", "swap_to_semi_structured",
 ]

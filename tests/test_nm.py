@@ -182,3 +182,16 @@ def test_two_ranks_keep_exact_2_of_4_under_zero(tmp_path, stage):
         assert r["checked"] == r["steps"] > 0 and r["masked_masters"] >= (1 if stage else 0)
     for key in ranks[0]["masks"]:
         assert torch.equal(ranks[0]["masks"][key], ranks[1]["masks"][key]), key
+
+
+def test_quoted_pattern_from_the_command_line_loads_as_2_of_4():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "launch" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    overrides = train._parse_overrides(["pruning.pattern=\"2:4\"",
+                                        "pruning.schedule={kind: oneshot, sparsity: 0.5, at: 10}"])
+    recipe = load_recipe(REPO / "recipes" / "digits_gmp90.yaml", overrides)
+    assert recipe.pruning.nm == (2, 4) and recipe.pruning.schedule.kind == "oneshot"
+    assert load_recipe(REPO / "recipes" / "digits_nm24.yaml").pruning.nm == (2, 4)
