@@ -158,6 +158,9 @@ class PruningSpec(_Strict):
         nm = self.nm
         if nm is None:
             return self
+        if self.criterion != "magnitude":  # N:M groups are ranked by |w| (dstrain/nm.py takes other scores, unwired)
+            raise ValueError(f"pattern {self.pattern!r} ranks weights by magnitude; criterion {self.criterion!r} "
+                             "is not wired to N:M masks; use criterion: magnitude")
         kind = self.schedule.kind
         if kind not in NM_SCHEDULE_KINDS:
             why = ("a dense schedule never prunes" if kind == "dense" else
