@@ -188,7 +188,7 @@ def test_cli_errors_are_one_line(trained_run, tmp_path, capsys, args, message):
 
 
 def test_semi_structured_export_needs_2_4_linears(tmp_path, capsys):
-    recipe = tiny_recipe(**{"training.epochs": 1})  # unstructured GMP, classifier excluded
+    recipe = tiny_recipe(**{"training.epochs": 2})  # unstructured GMP (ends at step 20), classifier excluded
     run(recipe, tmp_path / "run", max_steps=2)
     assert cli_main(["export", str(tmp_path / "run"), "--format", "semi-structured", "--out", str(tmp_path / "o")]) == 2
     assert "exactly 2:4" in capsys.readouterr().err
