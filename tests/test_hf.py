@@ -262,7 +262,7 @@ def test_shipped_bert_recipes_prune_only_encoder_linears(tiny_dir):
              "intermediate.dense", "output.dense")
     expected = [f"bert.encoder.layer.{i}.{k}.weight" for i in range(2) for k in kinds]
     paths = sorted((Path(__file__).resolve().parent.parent / "recipes" / "bert").glob("*.yaml"))
-    assert len(paths) == 10
+    assert len(paths) == 11  # dense, 6 GMP+KD, 3 oBERT+KD, 2:4+KD
     for path in paths:
         recipe = load_recipe(path)
         assert sorted(select_prunable(model, recipe.pruning.selection())) == sorted(expected), path.name
