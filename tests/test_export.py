@@ -42,8 +42,10 @@ def import_graph():
                 candidates = [a.name for a in node.names]
             else:
                 continue
-            # the root package imports the public API from everywhere; importing dstrain.x implies it anyway
-            deps |= {c for c in candidates if c in modules and c not in (name, "dstrain")}
+            # a module's parent packages are imported before it anyway (``from . import x`` names one);
+            # the root package imports the public API from everywhere
+            parents = {".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))}
+            deps |= {c for c in candidates if c in modules and c not in parents | {name, "dstrain"}}
         graph[name] = deps
     return graph
 
