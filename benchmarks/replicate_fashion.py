@@ -11,7 +11,7 @@ GMP/AC-DC at 95% and 98%, at 1x and 3x; ``--claim``) also at seeds 1..N-1 (``--s
 default 3), writing OUT/<recipe name>_s<seed>/.  ``--jobs`` runs (default 2, one per core) train
 side by side, one torch thread each.  Resumable: a run with a result.json is skipped, an
 interrupted one resumes from its last end-of-epoch checkpoint (``--force`` re-runs everything).
-Order: seed by seed, claim-carrying recipes first, so an interrupted grid leaves whole seeds.
+Order: the whole grid at seed 0 first, then seed 1, then seed 2 (an interrupted grid leaves whole seeds).
 Then writes the report (report.md + report.png, dstrain/report.py: per run, and mean ±
 standard error across seeds) to --report_dir, and appends one line per trained run (seconds,
 load average before and after) to OUT/times.jsonl.
@@ -72,7 +72,8 @@ def _overrides(pairs: List[str]) -> Dict[str, Any]:
 
 
 def plan(paths: List[Path], seeds: int, claim: Tuple[str, ...]) -> List[Tuple[Path, int]]:
-    """(recipe file, seed) in run order: seed by seed, claim-carrying first, longest first within."""
+    """(recipe file, seed) in run order: the whole grid at seed 0, then the extra seeds; longest first
+    within a seed (two workers finish together), so an interrupted grid leaves whole seeds."""
     import yaml
 
     def epochs(path: Path) -> float:
@@ -80,7 +81,7 @@ def plan(paths: List[Path], seeds: int, claim: Tuple[str, ...]) -> List[Tuple[Pa
 
     is_claim = {p: any(text in p.name for text in claim) for p in paths}
     jobs = [(p, s) for s in range(seeds) for p in paths if is_claim[p] or s == 0]
-    return sorted(jobs, key=lambda job: (not is_claim[job[0]], job[1], -epochs(job[0]), job[0].name))
+    return sorted(jobs, key=lambda job: (job[1], -epochs(job[0]), job[0].name))
 
 
 def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int) -> Dict[str, Any]:
