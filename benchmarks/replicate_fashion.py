@@ -9,9 +9,9 @@
 Trains every recipe in recipes/fashion/ at seed 0, and the claim-carrying recipes (dense and
 GMP/AC-DC at 95% and 98%, at 1x and 3x; ``--claim``) also at seeds 1..N-1 (``--seeds N``,
 default 3), writing OUT/<recipe name>_s<seed>/.  ``--jobs`` runs (default 2, one per core) train
-side by side, one torch thread each.  Resumable: a run with a result.json is skipped, an
-interrupted one resumes from its last end-of-epoch checkpoint (``--force`` re-runs everything).
-Order: the whole grid at seed 0 first, then seed 1, then seed 2 (an interrupted grid leaves whole seeds).
+side by side, one torch thread each.  Resumable: a run with a result.json is skipped; an
+interrupted run starts over (``--force`` re-runs everything).  Order: the whole grid at seed 0,
+then per extra seed dense, 98%, 95% with each 1x/3x pair together (see ``plan``).
 Then writes the report (report.md + report.png, dstrain/report.py: per run, and mean ±
 standard error across seeds) to --report_dir, and appends one line per trained run (seconds,
 load average before and after) to OUT/times.jsonl.
@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -72,16 +72,32 @@ def _overrides(pairs: List[str]) -> Dict[str, Any]:
 
 
 def plan(paths: List[Path], seeds: int, claim: Tuple[str, ...]) -> List[Tuple[Path, int]]:
-    """(recipe file, seed) in run order: the whole grid at seed 0, then the extra seeds; longest first
-    within a seed (two workers finish together), so an interrupted grid leaves whole seeds."""
+    """(recipe file, seed) in run order.
+
+    The whole grid at seed 0 first, longest runs first (so the two workers finish together); then
+    each extra seed with the 1x and 3x run of a recipe next to each other, dense first, then the
+    highest sparsity: an interrupted grid leaves whole 1x/3x pairs with a dense reference.
+    """
     import yaml
 
     def epochs(path: Path) -> float:
         return float(yaml.safe_load(path.read_text())["training"]["epochs"])
 
+    def sparsity(path: Path) -> float:
+        schedule = (yaml.safe_load(path.read_text()).get("pruning") or {}).get("schedule") or {}
+        return float(schedule.get("final_sparsity", schedule.get("sparsity", 0.0)) or 0.0)
+
     is_claim = {p: any(text in p.name for text in claim) for p in paths}
     jobs = [(p, s) for s in range(seeds) for p in paths if is_claim[p] or s == 0]
-    return sorted(jobs, key=lambda job: (job[1], -epochs(job[0]), job[0].name))
+
+    def key(job: Tuple[Path, int]):
+        p, s = job
+        if s == 0:
+            return (0, -epochs(p), p.name)
+        family = p.name.rsplit("_", 1)[0]  # gmp98_1x.yaml -> gmp98
+        return (s, sparsity(p) > 0, -sparsity(p), family, epochs(p))
+
+    return sorted(jobs, key=key)
 
 
 def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int) -> Dict[str, Any]:
@@ -96,13 +112,31 @@ def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, thr
     load_before, t0 = os.getloadavg()[0], time.time()
     try:
         recipe = load_recipe(path, {**overrides, "training.seed": seed})
-        options = TrainerOptions(output_dir=Path(run_dir), progress=False, tensorboard=False, resume="auto")
+        options = TrainerOptions(output_dir=Path(run_dir), progress=False, tensorboard=False)
         result = SparseTrainer(recipe, options).train()
     except ConfigError as err:  # the message crosses the process boundary as text, shown as one line
         return {"run": Path(run_dir).name, "error": str(err)}
     return {"run": Path(run_dir).name, "seconds": round(time.time() - t0, 1), "load_before": load_before,
             "load_after": os.getloadavg()[0], "score": result["score"], "sparsity": result["sparsity"],
             "steps": result["steps"]}
+
+
+def _train_all(todo: List[Tuple[Path, int, Path]], overrides: Dict[str, Any], jobs: int,
+               threads: int) -> Iterator[Dict[str, Any]]:
+    """Result rows as runs finish: in this process with --jobs 1, else in fresh worker processes."""
+    if jobs == 1:
+        for p, s, d in todo:
+            yield train_one(str(p), s, overrides, str(d), threads)
+        return
+    context = get_context("spawn")  # a fresh interpreter per run: no state shared between runs
+    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(train_one, str(p), s, overrides, str(d), threads) for p, s, d in todo]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:  # an error row or Ctrl-C: start nothing new
+            for future in futures:
+                future.cancel()
 
 
 def _finished(run_dir: Path) -> bool:
@@ -133,22 +167,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         for d in set(run_dirs) - {d for _, _, d in todo}:
             print(f"reusing {d}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        if todo:
-            context = get_context("spawn")  # fresh interpreter per run: no state shared between runs
-            with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-                futures = [pool.submit(train_one, str(p), s, overrides, str(d), args.threads) for p, s, d in todo]
-                for i, future in enumerate(as_completed(futures), 1):
-                    row = future.result()
-                    if "error" in row:
-                        for other in futures:
-                            other.cancel()
-                        print(f"error: {row['error']}", file=sys.stderr)
-                        return 2
-                    with open(out / "times.jsonl", "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"[{i}/{len(todo)}] {row['run']}: score={row['score']:.4f} sparsity={row['sparsity']:.4f} "
-                          f"{row['seconds']:.0f}s (load {row['load_before']:.1f} -> {row['load_after']:.1f})",
-                          flush=True)
+        for i, row in enumerate(_train_all(todo, overrides, args.jobs, args.threads), 1):
+            if "error" in row:
+                print(f"error: {row['error']}", file=sys.stderr)
+                return 2
+            with open(out / "times.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"[{i}/{len(todo)}] {row['run']}: score={row['score']:.4f} sparsity={row['sparsity']:.4f} "
+                  f"{row['seconds']:.0f}s (load {row['load_before']:.1f} -> {row['load_after']:.1f})", flush=True)
         if args.no_report:
             return 0
         epochs = {p: load_recipe(p, overrides).training.epochs for p in paths}
