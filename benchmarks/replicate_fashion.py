@@ -13,8 +13,8 @@ side by side, one torch thread each.  Resumable: a run with a result.json is ski
 interrupted run starts over (``--force`` re-runs everything).  Order: the whole grid at seed 0,
 then per extra seed dense, 98%, 95% with each 1x/3x pair together (see ``plan``).
 Then writes the report (report.md + report.png, dstrain/report.py: per run, and mean ±
-standard error across seeds) to --report_dir, and appends one line per trained run (seconds,
-load average before and after) to OUT/times.jsonl.
+standard error across seeds) and timing.md to --report_dir; OUT/times.jsonl gets one line per
+trained run (seconds, load average before and after).
 """
 from __future__ import annotations
 
@@ -146,6 +146,29 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
+def timing_markdown(times: Path, run_dirs: List[Path]) -> str:
+    """Per-run wall time (from times.jsonl, the last line per run) and the machine's load."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    if times.is_file():
+        for line in times.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["run"]] = row
+    lines = ["# Run times", "",
+             f"Each run on one torch thread, up to --jobs runs side by side; load = 1-minute load average of "
+             f"the machine when the run started and ended ({os.cpu_count()} CPUs seen).", "",
+             "| Run | Steps | Wall time (s) | Load at start | Load at end |", "|---|---:|---:|---:|---:|"]
+    for d in run_dirs:
+        row = rows.get(d.name)
+        if row is not None:
+            lines.append(f"| {d.name} | {row['steps']} | {row['seconds']:.0f} | {row['load_before']:.1f} "
+                         f"| {row['load_after']:.1f} |")
+    total = sum(rows[d.name]["seconds"] for d in run_dirs if d.name in rows)
+    lines += ["", f"{sum(d.name in rows for d in run_dirs)} of {len(run_dirs)} runs timed; "
+                  f"sum of their wall times {total:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from dstrain import ConfigError, load_recipe
@@ -181,6 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shown = sorted(zip(jobs, run_dirs), key=lambda j: (epochs[j[0][0]], "dense" not in j[0][0].name,
                                                          j[0][0].name, j[0][1]))  # 1x then 3x, dense first
         written = write_report([d for _, d in shown if (d / "metrics.jsonl").is_file()], args.report_dir)
+        (Path(args.report_dir) / "timing.md").write_text(timing_markdown(out / "times.jsonl", [d for _, d in shown]))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

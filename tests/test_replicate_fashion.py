@@ -42,6 +42,9 @@ def test_grid_runs_every_seed_and_reports_mean_and_standard_error(grid):
     assert len((runs / "times.jsonl").read_text().splitlines()) == 4
     md = (root / "report" / "report.md").read_text()
     assert (root / "report" / "report.png").stat().st_size > 10_000
+    timing = (root / "report" / "timing.md").read_text()
+    seconds = {json.loads(line)["run"]: json.loads(line)["seconds"] for line in (runs / "times.jsonl").read_text().splitlines()}
+    assert f"| fashion_dense_1x_s1 | 8 | {seconds['fashion_dense_1x_s1']:.0f} |" in timing and "4 of 4 runs timed" in timing
     row = next(line for line in md.splitlines() if line.startswith("| fashion_gmp95_1x | gmp 95% |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     accs = [_final(runs / f"fashion_gmp95_1x_s{s}")["val_accuracy"] * 100 for s in (0, 1)]
