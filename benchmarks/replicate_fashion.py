@@ -51,6 +51,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
     p.add_argument("--force", action="store_true", help="re-run runs that already have a result.json")
     p.add_argument("--no_report", action="store_true", help="train only")
+    p.add_argument("--report_only", action="store_true",
+                   help="train nothing: report the finished runs of the grid (e.g. after stopping it)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
         p.error("--seeds, --jobs and --threads must be at least 1")
@@ -166,6 +168,9 @@ def timing_markdown(times: Path, run_dirs: List[Path]) -> str:
     total = sum(rows[d.name]["seconds"] for d in run_dirs if d.name in rows)
     lines += ["", f"{sum(d.name in rows for d in run_dirs)} of {len(run_dirs)} runs timed; "
                   f"sum of their wall times {total:.0f} s."]
+    missing = [d.name for d in run_dirs if not _finished(d)]
+    if missing:
+        lines += ["", f"Not finished (not in the report): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +192,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         jobs = plan(paths, args.seeds, tuple(args.claim or CLAIM))
         run_dirs = [out / f"{names[p]}_s{seed}" for p, seed in jobs]
         todo = [(p, s, d) for (p, s), d in zip(jobs, run_dirs) if args.force or not _finished(d)]
+        if args.report_only:
+            todo = []
         for d in set(run_dirs) - {d for _, _, d in todo}:
             print(f"reusing {d}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +210,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         epochs = {p: load_recipe(p, overrides).training.epochs for p in paths}
         shown = sorted(zip(jobs, run_dirs), key=lambda j: (epochs[j[0][0]], "dense" not in j[0][0].name,
                                                          j[0][0].name, j[0][1]))  # 1x then 3x, dense first
-        written = write_report([d for _, d in shown if (d / "metrics.jsonl").is_file()], args.report_dir)
+        finished = [d for _, d in shown if _finished(d)]
+        if not finished:
+            raise ConfigError("--out", f"{out} holds no finished run of this grid", "train first (drop --report_only)")
+        written = write_report(finished, args.report_dir)
         (Path(args.report_dir) / "timing.md").write_text(timing_markdown(out / "times.jsonl", [d for _, d in shown]))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -72,6 +72,16 @@ def test_second_call_skips_finished_runs_and_reruns_a_missing_one(grid, capsys):
     assert (runs / "fashion_gmp95_1x_s0" / "result.json").is_file()
 
 
+def test_report_only_reports_finished_runs_and_lists_the_rest(grid, tmp_path, capsys):
+    root, argv = grid
+    argv = [a if a != str(root / "report") else str(tmp_path / "rep") for a in argv]
+    assert replicate.main(argv + ["--seeds", "3", "--report_only"]) == 0  # seed 2 never ran
+    assert "[1/" not in capsys.readouterr().out
+    md, timing = (tmp_path / "rep" / "report.md").read_text(), (tmp_path / "rep" / "timing.md").read_text()
+    assert "fashion_gmp95_1x_s2" not in md and "| fashion_gmp95_1x | gmp 95% | 2 | 0,1 |" in md
+    assert "Not finished (not in the report): fashion_dense_1x_s2, fashion_gmp95_1x_s2." in timing
+
+
 def test_plan_orders_whole_seeds_and_gives_extra_seeds_to_claim_recipes():
     paths = sorted((REPO / "recipes" / "fashion").glob("*.yaml"))
     jobs = replicate.plan(paths, 3, replicate.CLAIM)
