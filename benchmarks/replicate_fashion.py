@@ -114,7 +114,8 @@ def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, thr
     load_before, t0 = os.getloadavg()[0], time.time()
     try:
         recipe = load_recipe(path, {**overrides, "training.seed": seed})
-        options = TrainerOptions(output_dir=Path(run_dir), progress=False, tensorboard=False)
+        # overwrite: a run trained again here (--force, or after an interruption) replaces the old one
+        options = TrainerOptions(output_dir=Path(run_dir), progress=False, tensorboard=False, overwrite=True)
         result = SparseTrainer(recipe, options).train()
     except ConfigError as err:  # the message crosses the process boundary as text, shown as one line
         return {"run": Path(run_dir).name, "error": str(err)}

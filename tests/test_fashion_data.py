@@ -107,3 +107,11 @@ def test_the_debian_files_when_installed():
     assert train.tensors[0].shape == (60000, 1, 28, 28) and test.tensors[0].shape == (10000, 1, 28, 28)
     assert torch.bincount(train.tensors[1]).tolist() == [6000] * 10  # balanced, as the data set's paper says
     assert torch.bincount(test.tensors[1]).tolist() == [1000] * 10
+
+
+def test_recipe_stem_stride_is_checked_at_load_time():
+    from dstrain.models import check_arch_options
+
+    check_arch_options("small_resnet", {"stem_stride": 2})
+    with pytest.raises(ConfigError, match=r"^task\.arch_options\.stem_stride: 3"):
+        check_arch_options("small_resnet", {"stem_stride": 3})
