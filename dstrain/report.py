@@ -49,6 +49,10 @@ class Run:
         return str(self.recipe.get("name", self.label))
 
     @property
+    def seed(self) -> int:
+        return int(self.recipe.get("training", {}).get("seed", 0))
+
+    @property
     def epochs(self) -> float:
         return float(self.recipe.get("training", {}).get("epochs", self.rows[-1]["epoch"]))
 
@@ -152,7 +156,7 @@ def load_runs(paths: Sequence[Path | str]) -> List[Run]:
 
 # --- comparisons -----------------------------------------------------------------------------
 def dense_reference(run: Run, runs: Sequence[Run]) -> Optional[Run]:
-    """The dense run to compare ``run`` with: same length if possible, named 'dense' preferred."""
+    """The dense run to compare ``run`` with: same length if possible, then the same seed, named 'dense' preferred."""
     dense = [r for r in runs if r.is_dense]
     if not dense:
         return None
@@ -161,7 +165,7 @@ def dense_reference(run: Run, runs: Sequence[Run]) -> Optional[Run]:
 
     def key(r: Run):
         named = "dense" in r.label.lower() or "dense" in r.recipe_name.lower()
-        return (abs(r.epochs - run.epochs), not named, runs.index(r))
+        return (abs(r.epochs - run.epochs), r.seed != run.seed, not named, runs.index(r))
 
     return min(dense, key=key)
 
@@ -190,6 +194,165 @@ def mean_mask_change(run: Run) -> Optional[float]:
 def _best(run: Run) -> Optional[float]:
     values = [v for v in run.series(f"val_{run.metric}") if v is not None]
     return max(values) if values else None
+
+
+# --- across seeds ----------------------------------------------------------------------------
+NOISE_SE = 2.0  # a difference "exceeds noise" when it is more than this many standard errors from 0
+
+
+@dataclass
+class Stat:
+    """Mean of ``n`` values and its standard error (None for a single value: no noise estimate)."""
+
+    mean: float
+    se: Optional[float]
+    n: int
+
+    @property
+    def exceeds_noise(self) -> Optional[bool]:
+        return None if self.se is None else abs(self.mean) > NOISE_SE * self.se
+
+
+def mean_se(values: Sequence[Optional[float]]) -> Optional[Stat]:
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    n, mean = len(vals), sum(vals) / len(vals)
+    se = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None
+    return Stat(mean, se, n)
+
+
+def diff_stat(a: Optional[Stat], b: Optional[Stat]) -> Optional[Stat]:
+    """a − b for independent estimates: standard errors add in quadrature."""
+    if a is None or b is None:
+        return None
+    se = math.sqrt(a.se ** 2 + b.se ** 2) if a.se is not None and b.se is not None else None
+    return Stat(a.mean - b.mean, se, min(a.n, b.n))
+
+
+def seed_groups(runs: Sequence[Run]) -> Dict[str, List[Run]]:
+    """Finished runs of the same recipe (they differ only in training.seed), in order of appearance."""
+    groups: Dict[str, List[Run]] = {}
+    for run in runs:
+        if run.finished:
+            groups.setdefault(run.recipe_name, []).append(run)
+    return groups
+
+
+def _score_diff(run: Run, ref: Optional[Run]) -> Optional[float]:
+    return _diff(run.final(f"val_{run.metric}"), ref.final(f"val_{ref.metric}") if ref else None)
+
+
+def seed_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    """Per recipe, mean ± standard error over seeds of the final score, final train loss, and the
+    score difference and train-loss gap to the dense run of the same length and seed (paired by seed)."""
+    finished = [r for r in runs if r.finished]
+    out = []
+    for name, group in seed_groups(runs).items():
+        refs = [dense_reference(r, finished) for r in group]
+        out.append({
+            "recipe": name, "method": group[0].method, "epochs": group[0].epochs, "metric": group[0].metric,
+            "seeds": sorted(r.seed for r in group), "is_dense": group[0].is_dense,
+            "score": mean_se([r.final(f"val_{r.metric}") for r in group]),
+            "train_loss": mean_se([r.final("train_loss") for r in group]),
+            "d_score": mean_se([_score_diff(r, ref) for r, ref in zip(group, refs)]),
+            "gap": mean_se([_gap(r, ref) for r, ref in zip(group, refs)]),
+        })
+    return out
+
+
+def seed_length_effects(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    """For each sparse method at two or more lengths: its seed means at the shortest and longest."""
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for row in seed_rows(runs):
+        if not row["is_dense"]:
+            by_method.setdefault(row["method"], []).append(row)
+    out = []
+    for method, rows in by_method.items():
+        if len({r["epochs"] for r in rows}) < 2:
+            continue
+        short, long = min(rows, key=lambda r: r["epochs"]), max(rows, key=lambda r: r["epochs"])
+        closed = None
+        if short["gap"] is not None and long["gap"] is not None and short["gap"].mean > 0:
+            closed = 1 - long["gap"].mean / short["gap"].mean
+        out.append({"method": method, "short": short, "long": long, "gap_closed": closed,
+                    "gap_change": diff_stat(long["gap"], short["gap"]),
+                    "d_score_change": diff_stat(long["d_score"], short["d_score"])})
+    return out
+
+
+def _pm(stat: Optional[Stat], scale: float = 1.0, fmt: str = "{:.4f}", signed: bool = False) -> str:
+    if stat is None:
+        return "–"
+    text = _num(stat.mean * scale, fmt, signed)
+    return text if stat.se is None else f"{text} ± {fmt.format(stat.se * scale)}"
+
+
+def _noise(stat: Optional[Stat]) -> str:
+    flag = None if stat is None else stat.exceeds_noise
+    return "–" if flag is None else ("yes" if flag else "no")
+
+
+def seed_markdown(runs: Sequence[Run]) -> str:
+    """The across-seeds tables ('' unless some recipe was run with several seeds)."""
+    rows = seed_rows(runs)
+    if not any(len(r["seeds"]) > 1 for r in rows):
+        return ""
+    acc = all(r["metric"] in ("accuracy", "top5") for r in rows)
+    scale, unit, pts, fmt = (100.0, " (%)", " (pts)", "{:.2f}") if acc else (1.0, "", "", "{:.4f}")
+    lines = [
+        "", "## Across seeds (mean ± standard error)", "",
+        "Finished runs of the same recipe that differ only in `training.seed`. Δ and gap are taken against the "
+        "dense run of the same length and seed, then averaged over seeds; ± is the standard error of the mean "
+        f"(no ± with one seed). A difference *exceeds noise* when it is more than {NOISE_SE:g} standard errors "
+        "from zero.", "",
+        f"| Recipe | Method | Epochs | Seeds | Final val score{unit} | Δ score vs dense{pts} | Δ exceeds noise "
+        "| Final train loss | Train-loss gap to dense | Gap exceeds noise |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in rows:
+        dense = r["is_dense"]
+        lines.append(
+            f"| {r['recipe']} | {r['method']} | {_epochs(r['epochs'])} | {','.join(map(str, r['seeds']))} "
+            f"| {_pm(r['score'], scale, fmt)} | {'0 (ref)' if dense else _pm(r['d_score'], scale, fmt, True)} "
+            f"| {'' if dense else _noise(r['d_score'])} | {_pm(r['train_loss'])} "
+            f"| {'0 (ref)' if dense else _pm(r['gap'], signed=True)} | {'' if dense else _noise(r['gap'])} |")
+    effects = seed_length_effects(runs)
+    if effects:
+        lines += [
+            "", "### Longer training across seeds", "",
+            "Gap closed = 1 − (gap at the longest length / gap at the shortest); the change columns say "
+            f"whether the long-minus-short difference exceeds {NOISE_SE:g} standard errors (added in quadrature).",
+            "", f"| Method | Epochs | Δ score vs dense{pts}, short → long | Δ change exceeds noise "
+            "| Train-loss gap, short → long | Gap closed | Gap change exceeds noise |",
+            "|---|---|---|---|---|---:|---|",
+        ]
+        for e in effects:
+            closed = "–" if e["gap_closed"] is None else f"{e['gap_closed'] * 100:.0f}%"
+            lines.append(
+                f"| {e['method']} | {_epochs(e['short']['epochs'])} → {_epochs(e['long']['epochs'])} "
+                f"| {_pm(e['short']['d_score'], scale, fmt, True)} → {_pm(e['long']['d_score'], scale, fmt, True)} "
+                f"| {_noise(e['d_score_change'])} "
+                f"| {_pm(e['short']['gap'], signed=True)} → {_pm(e['long']['gap'], signed=True)} "
+                f"| {closed} | {_noise(e['gap_change'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_curves(runs: Sequence[Run]) -> List[Run]:
+    """One run per recipe whose per-epoch rows are the mean over its seeds (for the plot)."""
+    out: List[Run] = []
+    for name, group in seed_groups(runs).items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        rows = []
+        for i in range(min(len(r.rows) for r in group)):
+            keys = ("epoch", "train_loss", "sparsity", f"val_{group[0].metric}")
+            rows.append({k: (mean_se([r.rows[i].get(k) for r in group]) or Stat(float("nan"), None, 0)).mean
+                         for k in keys})
+        out.append(Run(path=group[0].path, label=f"{name} (mean of {len(group)})", recipe=group[0].recipe,
+                       rows=rows, result=group[0].result))
+    return out
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -292,6 +455,9 @@ def markdown(runs: Sequence[Run]) -> str:
                 f"| {_num(e['gap_short'], signed=True)} → {_num(e['gap_long'], signed=True)} |")
     if not any(r.is_dense for r in runs):
         lines += ["", "No dense run among these: the train-loss gap needs a run without pruning."]
+    seeds_md = seed_markdown(runs)
+    if seeds_md:
+        lines.append(seeds_md.rstrip("\n"))
     unfinished = [r.label for r in runs if not r.finished]
     if unfinished:
         lines += ["", f"Unfinished (no result.json or stopped early): {', '.join(unfinished)}."]
@@ -346,7 +512,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str) -> Dict[str, P
     out.mkdir(parents=True, exist_ok=True)
     md, png = out / "report.md", out / "report.png"
     md.write_text(markdown(runs))
-    plot(runs, png)
+    seeded = any(len(g) > 1 for g in seed_groups(runs).values())
+    plot(mean_curves(runs) if seeded else runs, png)  # several seeds: one mean curve per recipe
     return {"md": md, "png": png}
 
 

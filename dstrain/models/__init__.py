@@ -22,6 +22,7 @@ class SmallResNetOptions(_ArchOptions):
     depth: int = Field(default=8, ge=8, description="6n+2")
     width: int = Field(default=32, gt=0, le=4096)
     norm: Literal["batch", "none"] = "batch"
+    stem_stride: int = Field(default=1, ge=1, le=2, description="2 halves the resolution in the first conv")
 
     @field_validator("depth")
     @classmethod

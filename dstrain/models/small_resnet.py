@@ -39,12 +39,16 @@ class BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     def __init__(self, depth: int = 8, width: int = 32, num_classes: int = 10, in_channels: int = 3,
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", stem_stride: int = 1) -> None:
+        """``stem_stride=2`` halves the resolution in the first conv: 4x fewer FLOPs in every
+        later layer, which is what makes a 60,000-image epoch affordable on a 2-core CPU."""
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth={depth}: must be 6n+2 (8, 14, 20, 32, 44, 56, 110)")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride={stem_stride}: use 1 or 2")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=norm == "none")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=norm == "none")
         self.bn1 = _norm(norm, width)
         layers, in_ch = [], width
         for stage, mult in enumerate((1, 2, 4)):

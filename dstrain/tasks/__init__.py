@@ -8,7 +8,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ConfigError
 from .base import Task
 
-IMAGE_TASKS = ("digits", "imagefolder", "synthetic")
+IMAGE_TASKS = ("digits", "imagefolder", "synthetic", "fashion_mnist")
 TASKS = IMAGE_TASKS + ("glue",)
 
 

@@ -1,4 +1,4 @@
-"""Image classification: the embedded digits set, and ImageNet-layout folders."""
+"""Image classification: the embedded digits set, Fashion-MNIST IDX files, and ImageNet-layout folders."""
 from __future__ import annotations
 
 from typing import Any, Dict, Literal, Optional, Tuple
@@ -16,10 +16,11 @@ from .base import Task
 class ImageTaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Literal["digits", "imagefolder", "synthetic"] = "digits"
+    name: Literal["digits", "imagefolder", "synthetic", "fashion_mnist"] = "digits"
     arch: str = "small_resnet"
     arch_options: Dict[str, Any] = Field(default_factory=dict)
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = Field(default=None, description="imagefolder: the ImageNet-layout root; "
+                                    "fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist)")
     num_classes: Optional[int] = Field(default=None, ge=2, description="default: the data's class count")
     image_size: int = Field(default=224, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
@@ -62,6 +63,11 @@ class ImageClassificationTask(Task):
                 from ..data.digits import load_digits_split
 
                 self._datasets = load_digits_split()
+                self._num_classes, self._in_channels = 10, 1
+            elif self.config.name == "fashion_mnist":
+                from ..data.idx import load_fashion_mnist
+
+                self._datasets = load_fashion_mnist(self.config.data_dir)
                 self._num_classes, self._in_channels = 10, 1
             else:
                 from ..data.imagefolder import build_imagefolder_datasets
