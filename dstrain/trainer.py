@@ -217,6 +217,7 @@ class SparseTrainer:
             self.engine.compile()
         # ZeRO-1/2 and mixed precision hand the optimizer flat fp32 partitions: give it their masks.
         self.partition_masks = PartitionMasks(self.optimizer, self.registry)
+        self._apply_memory_format()
         client_optimizer.set_mask_source(self.partition_masks.mask_for)
         self.controller.on_masks_updated = self.partition_masks.refresh
         self.teacher = self._build_teacher()
@@ -247,6 +248,34 @@ class SparseTrainer:
 
         self.pruner.attach(self.engine.module, lambda batch: self._loss(batch, self.engine.module), batches,
                            self.partition_masks.write_masters)
+
+    @torch.no_grad()
+    def _apply_memory_format(self) -> None:
+        """channels_last, applied after ``deepspeed.initialize`` and only where DeepSpeed keeps our parameters.
+
+        Why after: DeepSpeed 0.19.8's ``_broadcast_model`` (inside ``initialize``) views
+        every parameter as bytes and raises on channels-last weights ("stride(-1) must
+        be 1"); 0.19.0-0.19.7 do not.  Converting afterwards works with every version,
+        so setup.py need not exclude one (the GPU image carries 0.19.7).
+        Why only there: under ZeRO-1/2 and bf16/fp16 DeepSpeed flattens each parameter
+        group into one buffer and makes the weights contiguous views of it; a weight
+        cannot be both such a view and channels-last.  There the weights stay
+        contiguous and only the inputs (so the activations) are channels-last.
+        ``setattr .data`` keeps each Parameter object, so the optimizer, the mask
+        registry and DeepSpeed's references still point at the trained tensors.
+        """
+        self.weights_channels_last = False
+        if not self.task.channels_last:
+            return
+        if self.partition_masks.flattened:
+            self._log("channels_last: inputs only; DeepSpeed keeps the weights as contiguous views of its "
+                      "flat buffers under ZeRO-1/2 and bf16/fp16 (see README)")
+            return
+        for param in self.engine.module.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+        self.registry.follow_param_layouts()
+        self.weights_channels_last = True
 
     def _match_buffer_dtype(self) -> None:
         """DeepSpeed casts parameters, not buffers, to bf16/fp16; CPU batch_norm needs them to agree."""
