@@ -120,10 +120,29 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Recipe, world: int) -> 
     if "optimizer" in cfg or "scheduler" in cfg:
         raise ConfigError("ds_config.optimizer", "the optimizer and LR schedule come from the recipe",
                           "remove 'optimizer' and 'scheduler' from ds_config.json")
+    cfg["gradient_clipping"] = _gradient_clipping(cfg, recipe)
     if stage in (1, 2):
         cfg.setdefault("zero_allow_untested_optimizer", True)
     cfg.setdefault("steps_per_print", 10**9)
     return cfg
+
+
+def _gradient_clipping(cfg: Dict[str, Any], recipe: Recipe) -> float:
+    """The recipe's ``training.grad_clip`` as DeepSpeed's ``gradient_clipping`` (0.0 = off).
+
+    Written explicitly because DeepSpeed clips at 1.0 when the key is absent: a config
+    that merely omits it would otherwise train differently from one that sets 0.0.
+    A config that sets another value is refused rather than silently overridden.
+    """
+    want = float(recipe.training.grad_clip or 0.0)
+    given = cfg.get("gradient_clipping")
+    if given is not None and float(given) != want:
+        recipe_value = "none" if recipe.training.grad_clip is None else f"{want:g}"
+        raise ConfigError("ds_config.gradient_clipping",
+                          f"{given} differs from the recipe's training.grad_clip ({recipe_value})",
+                          "remove gradient_clipping from the ds_config (the recipe decides) or set "
+                          "training.grad_clip in the recipe to match")
+    return want
 
 
 def parameter_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
