@@ -403,8 +403,29 @@ class SparseTrainer:
 
     # --- logging ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
-        if self.rank == 0:
+        if self.rank != 0:
+            return
+        if getattr(self, "_progress", None) is not None:
+            self._progress.write(f"[dstrain] {text}")  # above the bar, not onto its line
+        else:
             print(f"[dstrain] {text}", flush=True)
+
+    def _tensorboard_writer(self):
+        """One event-file set per run, like metrics.jsonl.
+
+        A fresh run deletes the event files an earlier run left in the folder (five reruns
+        showed five overlapping curves); a resumed run keeps them and tells TensorBoard to
+        drop their events from the resumed step on (``purge_step``), so a crash after the
+        last checkpoint leaves no doubled stretch.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_dir = self.output_dir / "tb"
+        step = self.controller.step_count
+        if step == 0:
+            for old in tb_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        return SummaryWriter(str(tb_dir), purge_step=step or None)
 
     def _record(self, row: Dict[str, Any]) -> None:
         self.metrics_log.append(row)
@@ -432,13 +453,12 @@ class SparseTrainer:
         self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
         self._skipped: Optional[int] = None  # unreadable examples skipped this epoch (tasks that skip)
         self.writer = None
-        if self.rank == 0 and self.options.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+        self._progress = None
         if self.rank == 0:
             (self.output_dir / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
         start_epoch, skip_batches = self._maybe_resume()
+        if self.rank == 0 and self.options.tensorboard:
+            self.writer = self._tensorboard_writer()
         total = self.controller.total_steps
         epochs = -(-total // self.steps_per_epoch)
         progress = None
@@ -447,6 +467,7 @@ class SparseTrainer:
 
             progress = tqdm(total=total, initial=self.controller.step_count, desc=self.recipe.name,
                             dynamic_ncols=True, leave=False)
+            self._progress = progress
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
@@ -465,6 +486,7 @@ class SparseTrainer:
                 self._save(epoch + 1, 0)
         if progress is not None:
             progress.close()
+            self._progress = None
         if self.writer is not None:
             self.writer.close()
         final = self.metrics_log[-1] if self.metrics_log else {}
