@@ -22,8 +22,10 @@ slow (``pytest -m slow tests/test_shipped_recipes.py`` runs them); see _params.
 
 Checked for each: exit status 0, MAX_STEPS steps, and for pruning recipes, at least one mask
 update in the saved checkpoint, with exactly round(target x prunable) pruned weights (per
-tensor for layerwise scope) and none revived.  Fails on main 50f33f4 for every ResNet50 and
-bench recipe (channels_last crashes, see tests/test_channels_last.py).
+tensor for layerwise scope) and none revived.  On main 50f33f4 (run with -m "") 26 of its 45
+recipes fail, all 24 in recipes/resnet50/ and both in recipes/bench/: 25 in deepspeed.initialize
+("self.stride(-1) must be 1 to view Float as Byte", channels-last weights) and
+bench/resnet50_synthetic_sparse90.yaml in the first mask update (pruning.py's mask.view(-1)).
 """
 from __future__ import annotations
 
