@@ -290,6 +290,9 @@ class SparseTrainer:
             self._log("channels_last: inputs only; DeepSpeed keeps the weights as contiguous views of its "
                       "flat buffers under ZeRO-1/2 and bf16/fp16 (see README)")
             return
+        if self.recipe.optimizer.backend == "triton":  # the Triton kernels address flat, contiguous memory
+            self._log("channels_last: inputs only; optimizer.backend triton steps contiguous weights (see README)")
+            return
         for param in self.engine.module.parameters():
             if param.dim() == 4:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)

@@ -1,8 +1,7 @@
 """channels_last changes memory layout only: the same masks, the same optimizer steps, the same trained weights.
 
 Breaks if a mask of a channels-last weight is indexed through ``view(-1)`` (raises) or in
-memory order instead of logical order (different ties), if the Triton path steps a
-channels-last tensor in the wrong order, if the weights are handed channels-last to
+memory order instead of logical order (different ties), if the weights are handed channels-last to
 ``deepspeed.initialize`` (DeepSpeed 0.19.8 raises), or if the conversion afterwards
 detaches the weights from the optimizer, the masks or checkpoints.
 """
@@ -42,9 +41,9 @@ def test_masks_of_channels_last_weights_equal_the_contiguous_ones(criterion, sel
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch"])
 def test_optimizer_steps_channels_last_weights_like_contiguous_ones(opt, backend):
-    """Same backend, two layouts: bit-identical weights and state (Triton interpreted on CPU)."""
+    """Same backend, two layouts: bit-identical weights and state."""
     w = _conv_weights_with_ties()[0]
     mask = global_magnitude_masks([w], 0.5)[0]
     out = {}

@@ -47,7 +47,7 @@ def test_one_tensorboard_event_set_per_run(tmp_path):
     _train(tmp_path, max_steps=12)
     first = events()
     assert len(first) == 1
-    _train(tmp_path, max_steps=12)  # a fresh rerun replaces the old curves
+    _train(tmp_path, max_steps=12, overwrite=True)  # a fresh rerun replaces the old curves
     assert len(events()) == 1 and events() != first
     _train(tmp_path, resume="auto", max_steps=23)  # a resumed run continues the same set
     assert len(events()) == 2
