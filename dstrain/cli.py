@@ -1,8 +1,8 @@
 """The ``dstrain`` console command (entry point ``dstrain=dstrain.cli:main`` in setup.py).
 
     dstrain train  [launch/train.py options]   # train recipes (same options as launch/train.py)
-    dstrain report RUN_DIR [RUN_DIR ...] --out OUT_DIR
-    dstrain selfcheck                           # fused kernels vs the PyTorch reference on this GPU
+    dstrain report RUN_DIR [RUN_DIR ...] [--out OUT_DIR]   # default OUT_DIR: the first RUN_DIR
+    dstrain selfcheck       # fused kernels vs the PyTorch reference on this GPU (exit 3: cannot run here)
     dstrain verify CHECKPOINT [CHECKPOINT ...]  # check a checkpoint (or a checkpoints/ folder) against its manifest
     dstrain export RUN_OR_CHECKPOINT --format {torchvision,hf,compressed,semi-structured} --out DIR
 

@@ -121,6 +121,20 @@ class MaskRegistry:
         if moved:
             self._reindex()
 
+    @torch.no_grad()
+    def follow_param_layouts(self) -> None:
+        """Give each mask its parameter's memory layout (after a channels-last conversion).
+
+        Values are unchanged; a mask laid out like its weight lets the fused kernels
+        step both as one flat array, and keeps the mask objects (and so every
+        reference the optimizer holds) the same.
+        """
+        for name, mask in list(self.masks.items()):
+            param = self.params[name]
+            if mask.stride() != param.stride():
+                self.masks[name] = torch.empty_like(param, dtype=torch.bool).copy_(mask)
+        self._reindex()
+
     # --- lookups -----------------------------------------------------------------
     def mask_for(self, param: Tensor) -> Optional[Tensor]:
         """Mask of a model parameter, or None if it is dense."""

@@ -60,9 +60,12 @@ def _masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelec
     for t, mask in zip(tensors, masks):
         if ties_to_prune <= 0:
             break
+        # Logical (row-major) flat index, whatever the memory layout: a channels-last
+        # weight gets exactly the mask of its contiguous copy, and ``mask`` keeps the
+        # weight's layout (unravel_index writes through strides; view(-1) cannot).
         equal = (t.detach().abs().float() == threshold).reshape(-1)
         idx = torch.nonzero(equal, as_tuple=False).reshape(-1)[:ties_to_prune]
-        mask.view(-1)[idx] = False
+        mask[torch.unravel_index(idx, mask.shape)] = False
         ties_to_prune -= idx.numel()
     return masks
 

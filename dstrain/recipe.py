@@ -229,6 +229,10 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(gt=0)
     seed: int = Field(default=0, ge=0, lt=2**32, description="numpy accepts seeds in [0, 2**32)")
     eval_every: int = Field(default=1, gt=0, description="epochs between evaluations")
+    grad_clip: Optional[float] = Field(default=None, gt=0, description=(
+        "clip the global gradient norm to this value; none: no clipping.  The recipe owns it so "
+        "that every ds_config trains the same way (DeepSpeed clips at 1.0 when its config omits "
+        "gradient_clipping)"))
 
 
 class DistillationSpec(_Strict):

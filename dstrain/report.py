@@ -3,6 +3,7 @@
     python -m dstrain.report runs/dense_1x runs/gmp90_1x runs/gmp90_3x --out report/
     python -m dstrain.report runs/ --out report/          # every run folder inside runs/
     dstrain report runs/ --out report/                    # the same, via the console entry point
+    dstrain report runs/                                  # report.md and report.png go into runs/
 
 Reads each run folder written by :class:`~dstrain.trainer.SparseTrainer`
 (``metrics.jsonl``, ``recipe.json`` and, once finished, ``result.json``) and writes
@@ -522,8 +523,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folder (with metrics.jsonl), or a folder of run folders")
-    p.add_argument("--out", required=True, metavar="OUT_DIR", help="where report.md and report.png go")
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, metavar="OUT_DIR",
+                   help="where report.md and report.png go (default: the first RUN_DIR)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = args.run_dirs[0]
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -120,10 +120,29 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Recipe, world: int) -> 
     if "optimizer" in cfg or "scheduler" in cfg:
         raise ConfigError("ds_config.optimizer", "the optimizer and LR schedule come from the recipe",
                           "remove 'optimizer' and 'scheduler' from ds_config.json")
+    cfg["gradient_clipping"] = _gradient_clipping(cfg, recipe)
     if stage in (1, 2):
         cfg.setdefault("zero_allow_untested_optimizer", True)
     cfg.setdefault("steps_per_print", 10**9)
     return cfg
+
+
+def _gradient_clipping(cfg: Dict[str, Any], recipe: Recipe) -> float:
+    """The recipe's ``training.grad_clip`` as DeepSpeed's ``gradient_clipping`` (0.0 = off).
+
+    Written explicitly because DeepSpeed clips at 1.0 when the key is absent: a config
+    that merely omits it would otherwise train differently from one that sets 0.0.
+    A config that sets another value is refused rather than silently overridden.
+    """
+    want = float(recipe.training.grad_clip or 0.0)
+    given = cfg.get("gradient_clipping")
+    if given is not None and float(given) != want:
+        recipe_value = "none" if recipe.training.grad_clip is None else f"{want:g}"
+        raise ConfigError("ds_config.gradient_clipping",
+                          f"{given} differs from the recipe's training.grad_clip ({recipe_value})",
+                          "remove gradient_clipping from the ds_config (the recipe decides) or set "
+                          "training.grad_clip in the recipe to match")
+    return want
 
 
 def parameter_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
@@ -218,6 +237,7 @@ class SparseTrainer:
             self.engine.compile()
         # ZeRO-1/2 and mixed precision hand the optimizer flat fp32 partitions: give it their masks.
         self.partition_masks = PartitionMasks(self.optimizer, self.registry)
+        self._apply_memory_format()
         client_optimizer.set_mask_source(self.partition_masks.mask_for)
         self.controller.on_masks_updated = self.partition_masks.refresh
         self.teacher = self._build_teacher()
@@ -264,6 +284,37 @@ class SparseTrainer:
                       f"(reduction length not a multiple of {nm[1]}): {listed}")
         else:
             self._log(f"pattern {self.recipe.pruning.pattern}: all {len(self.registry.params)} prunable layers are N:M")
+
+    @torch.no_grad()
+    def _apply_memory_format(self) -> None:
+        """channels_last, applied after ``deepspeed.initialize`` and only where DeepSpeed keeps our parameters.
+
+        Why after: DeepSpeed 0.19.8's ``_broadcast_model`` (inside ``initialize``) views
+        every parameter as bytes and raises on channels-last weights ("stride(-1) must
+        be 1"); 0.19.0-0.19.7 do not.  Converting afterwards works with every version,
+        so setup.py need not exclude one (the GPU image carries 0.19.7).
+        Why only there: under ZeRO-1/2 and bf16/fp16 DeepSpeed flattens each parameter
+        group into one buffer and makes the weights contiguous views of it; a weight
+        cannot be both such a view and channels-last.  There the weights stay
+        contiguous and only the inputs (so the activations) are channels-last.
+        ``setattr .data`` keeps each Parameter object, so the optimizer, the mask
+        registry and DeepSpeed's references still point at the trained tensors.
+        """
+        self.weights_channels_last = False
+        if not self.task.channels_last:
+            return
+        if self.partition_masks.flattened:
+            self._log("channels_last: inputs only; DeepSpeed keeps the weights as contiguous views of its "
+                      "flat buffers under ZeRO-1/2 and bf16/fp16 (see README)")
+            return
+        if self.recipe.optimizer.backend == "triton":  # the Triton kernels address flat, contiguous memory
+            self._log("channels_last: inputs only; optimizer.backend triton steps contiguous weights (see README)")
+            return
+        for param in self.engine.module.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+        self.registry.follow_param_layouts()
+        self.weights_channels_last = True
 
     def _match_buffer_dtype(self) -> None:
         """DeepSpeed casts parameters, not buffers, to bf16/fp16; CPU batch_norm needs them to agree."""
@@ -372,8 +423,29 @@ class SparseTrainer:
 
     # --- logging ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
-        if self.rank == 0:
+        if self.rank != 0:
+            return
+        if getattr(self, "_progress", None) is not None:
+            self._progress.write(f"[dstrain] {text}")  # above the bar, not onto its line
+        else:
             print(f"[dstrain] {text}", flush=True)
+
+    def _tensorboard_writer(self):
+        """One event-file set per run, like metrics.jsonl.
+
+        A fresh run deletes the event files an earlier run left in the folder (five reruns
+        showed five overlapping curves); a resumed run keeps them and tells TensorBoard to
+        drop their events from the resumed step on (``purge_step``), so a crash after the
+        last checkpoint leaves no doubled stretch.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_dir = self.output_dir / "tb"
+        step = self.controller.step_count
+        if step == 0:
+            for old in tb_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        return SummaryWriter(str(tb_dir), purge_step=step or None)
 
     def _record(self, row: Dict[str, Any]) -> None:
         self.metrics_log.append(row)
@@ -401,13 +473,12 @@ class SparseTrainer:
         self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
         self._skipped: Optional[int] = None  # unreadable examples skipped this epoch (tasks that skip)
         self.writer = None
-        if self.rank == 0 and self.options.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+        self._progress = None
         if self.rank == 0:
             (self.output_dir / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
         start_epoch, skip_batches = self._maybe_resume()
+        if self.rank == 0 and self.options.tensorboard:
+            self.writer = self._tensorboard_writer()
         total = self.controller.total_steps
         epochs = -(-total // self.steps_per_epoch)
         progress = None
@@ -416,6 +487,7 @@ class SparseTrainer:
 
             progress = tqdm(total=total, initial=self.controller.step_count, desc=self.recipe.name,
                             dynamic_ncols=True, leave=False)
+            self._progress = progress
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
@@ -434,6 +506,7 @@ class SparseTrainer:
                 self._save(epoch + 1, 0)
         if progress is not None:
             progress.close()
+            self._progress = None
         if self.writer is not None:
             self.writer.close()
         final = self.metrics_log[-1] if self.metrics_log else {}

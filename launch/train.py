@@ -3,7 +3,7 @@
 
     python launch/train.py                                   # embedded default: digits, dense vs GMP 90%
     deepspeed launch/train.py --deepspeed_config launch/ds_config.json --recipe recipes/digits_gmp90.yaml
-    torchrun --nproc_per_node 2 launch/train.py --recipe recipes/digits_acdc90.yaml
+    torchrun --nproc_per_node 2 launch/train.py --recipe recipes/digits_acdc90.yaml   # AC/DC, the second method
 
 Bad input (recipe, config, path) ends with one line naming the field and the fix, exit status 2.
 """
@@ -34,7 +34,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="'auto' (newest checkpoint that verifies against its manifest) or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an output folder that holds another run's checkpoints (deletes them)")
-    p.add_argument("--save_every", type=int, default=0, help="optimizer steps between checkpoints (0: per epoch end)")
+    p.add_argument("--save_every", type=int, default=0,
+                   help="optimizer steps between checkpoints; N > 0 also saves at every epoch end. "
+                        "0 (default): only the final checkpoint (and one where --max_steps stops)")
+    p.add_argument("--keep_last", type=int, default=2,
+                   help="complete checkpoints kept in OUTPUT_DIR/<recipe>/checkpoints; older ones are deleted "
+                        "(default 2; 0 keeps all)")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (and save)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set training.epochs=5 (value parsed as YAML)")
@@ -81,13 +86,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         from dstrain.preflight import check_run_options
 
-        check_run_options(args.save_every, args.max_steps, args.num_workers, keep_last=2)
+        check_run_options(args.save_every, args.max_steps, args.num_workers, keep_last=args.keep_last)
         recipes = [load_recipe(r, _parse_overrides(args.overrides)) for r in (args.recipe or DEFAULT_RECIPES)]
         ds_config = _load_ds_config(args.ds_config)
         results = []
         for recipe in recipes:
             options = TrainerOptions(output_dir=Path(args.output_dir) / recipe.name, ds_config=ds_config,
-                                     save_every=args.save_every, resume=args.resume, max_steps=args.max_steps,
+                                     save_every=args.save_every, keep_last=args.keep_last,
+                                     resume=args.resume, max_steps=args.max_steps,
                                      progress=not args.no_progress, num_workers=args.num_workers,
                                      overwrite=args.overwrite)
             results.append(SparseTrainer(recipe, options).train())
@@ -106,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dense = [r for r in results[:-1] if r["sparsity"] < 0.01]
         baseline = f" dense_baseline_{dense[0]['metric']}={dense[0]['score']:.4f}" if dense and dense[0]["score"] else ""
         score = "n/a" if last["score"] is None else f"{last['score']:.4f}"
-        print(f"final: test_{last['metric']}={score} global_sparsity={last['sparsity']:.4f} "
+        print(f"final: val_{last['metric']}={score} global_sparsity={last['sparsity']:.4f} "
               f"wall_time={sum(r['wall_time_s'] for r in results):.1f}s{baseline}")
     return 0
 

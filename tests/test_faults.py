@@ -58,7 +58,7 @@ def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path):
 
     resumed = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout and "final: test_accuracy=" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "final: val_accuracy=" in resumed.stdout
     step, got = _final_checkpoint_state(run_dir)
     assert step == total_steps == 110
     assert expected.keys() == got.keys()

@@ -61,6 +61,17 @@ def test_cli_report_accepts_a_folder_of_runs(two_runs, tmp_path):
     assert [r["Run"] for r in rows] == ["tiny_dense", "tiny_gmp"]
 
 
+def test_cli_report_writes_into_the_first_run_dir_by_default(two_runs, tmp_path):
+    """`dstrain report RUN_DIR` (the README form) works without --out."""
+    import shutil
+
+    runs = shutil.copytree(two_runs, tmp_path / "runs")
+    assert cli.main(["report", str(runs)]) == 0
+    assert (runs / "report.md").is_file() and (runs / "report.png").is_file()
+    _, rows = _table((runs / "report.md").read_text())
+    assert [r["Run"] for r in rows] == ["tiny_dense", "tiny_gmp"]
+
+
 def _fake_run(root, name, epochs, kind, losses, sparsity=0.0):
     path = root / name
     path.mkdir(parents=True)

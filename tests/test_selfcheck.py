@@ -77,3 +77,21 @@ def test_selfcheck_compiled_on_cuda():
     out = subprocess.run([sys.executable, "-m", "dstrain.optim.selfcheck"], cwd=Path(__file__).resolve().parent.parent,
                          env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+
+def test_selfcheck_says_when_it_cannot_run_here(monkeypatch, capsys):
+    """No GPU and no interpreter: exit 3 (not 1, which means the kernels disagree)."""
+    import kernels._runtime as runtime
+
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["selfcheck"]) == selfcheck.EXIT_CANNOT_RUN == 3
+    assert "cannot run here" in capsys.readouterr().err
+
+
+def test_selfcheck_help_names_the_subcommand_and_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["selfcheck", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dstrain selfcheck") and "3 the check cannot run here" in out

@@ -4,8 +4,11 @@ Why: CI runs the kernels only under the Triton interpreter.  Whether a GPU insta
 gives the same numbers (driver, Triton release, autotuning on scratch copies, the
 int64 -> pointer cast, the aligned and unaligned variants) can only be checked where
 it runs.  ``python -m dstrain.optim.selfcheck`` does that in a few seconds on a CUDA
-device (or, with ``TRITON_INTERPRET=1``, on the CPU with small shapes) and exits 1 if
-any case disagrees beyond fp32 rounding or leaves a pruned entry non-zero.
+device (or, with ``TRITON_INTERPRET=1``, on the CPU with small shapes).
+
+Exit status: 0 every case agrees; 1 a case disagrees beyond fp32 rounding or leaves a
+pruned entry non-zero (the kernels are wrong here); 3 the check cannot run here (no CUDA
+GPU and no TRITON_INTERPRET=1), which says nothing about the kernels.
 
 Every case runs several steps from identical starting tensors through
 ``kernels.fused_masked_*`` and through :mod:`dstrain.optim.functional`, covering fp32
@@ -52,14 +55,17 @@ class CaseResult:
     """Printed instead of the difference, for results that are not comparisons."""
 
 
-def _device() -> torch.device:
+EXIT_OK, EXIT_MISMATCH, EXIT_CANNOT_RUN = 0, 1, 3
+
+
+def _device() -> Optional[torch.device]:
+    """The device to check on, or None where the kernels cannot run at all."""
     import kernels._runtime as runtime
 
     if runtime.INTERPRET:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise SystemExit("selfcheck needs a CUDA GPU for the compiled kernels, or TRITON_INTERPRET=1 "
-                         "(set before starting Python) to run them interpreted on the CPU")
+        return None
     return torch.device("cuda")
 
 
@@ -241,7 +247,8 @@ def _print(r: CaseResult) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dstrain selfcheck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="every kernel variant once, one block config each (under a minute on a GPU)")
     args = parser.parse_args(argv)
@@ -251,6 +258,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif sys.modules["kernels._runtime"].AUTOTUNE and not sys.modules["kernels._runtime"].INTERPRET:
             print("note: kernels were imported before --quick could turn autotuning off; autotuning stays on")
     device = _device()
+    if device is None:
+        print("selfcheck cannot run here: it needs a CUDA GPU for the compiled kernels, or "
+              "TRITON_INTERPRET=1 (set before starting Python) to run them interpreted on the CPU",
+              file=sys.stderr)
+        return EXIT_CANNOT_RUN
     import triton
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
@@ -260,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)}/{len(results)} cases agree "
           f"({sum(r.bitwise for r in results)} bitwise); tolerance rtol={RTOL}, atol={ATOL}")
-    return 1 if failed else 0
+    return EXIT_MISMATCH if failed else EXIT_OK
 
 
 if __name__ == "__main__":

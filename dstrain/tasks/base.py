@@ -24,6 +24,8 @@ class Task(abc.ABC):
     collate_fn: Optional[Callable] = None
     #: Collate function for the training loader only, if it differs (e.g. one that drops unreadable images).
     train_collate_fn: Optional[Callable] = None
+    #: Train 4-D weights in channels-last memory format (the trainer applies it; see SparseTrainer).
+    channels_last: bool = False
 
     def skipped_in_batch(self, batch: Any) -> Optional[Tensor]:
         """How many examples of ``batch`` were unreadable and skipped; None if this task never skips."""

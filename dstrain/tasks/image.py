@@ -91,11 +91,14 @@ class ImageClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         self.build_datasets()
-        model = build_vision_model(self.config.arch, self._num_classes, self._in_channels,
-                                   **self.config.arch_options)
-        if self.config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        # Built contiguous even with channels_last: the trainer converts the weights after
+        # deepspeed.initialize (see SparseTrainer._apply_memory_format for why).
+        return build_vision_model(self.config.arch, self._num_classes, self._in_channels,
+                                  **self.config.arch_options)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.config.channels_last
 
     def skipped_in_batch(self, batch: Any) -> Optional[Tensor]:
         """Unreadable images dropped from this batch (bad_images: skip), else None."""
