@@ -221,8 +221,11 @@ def test_adamw_per_tensor_steps_and_maximize_and_large_beta1_weight():
     masked_adamw(ref_params, grads, m2, v2, steps, masks, **cfg)
     for a, b in zip(m1 + v1, m2 + v2):
         assert torch.equal(a, b)
+    # The reference's CPU sqrt is not always correctly rounded (it depends on the CPU: MKL's vector
+    # sqrt), so an update can differ by 1 ulp of its own size (~lr = 0.02: ulp 1.9e-9); where the
+    # parameter cancels towards 0 that is more than 2 ulp of the parameter.  atol = 2 ulp of lr.
     for a, b in zip(params, ref_params):
-        torch.testing.assert_close(a, b, rtol=3e-7, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=3e-7, atol=4e-9)
     _assert_pruned_zero(params + m1 + v1, masks * 3)
 
 
