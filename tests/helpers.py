@@ -54,3 +54,21 @@ def subprocess_env(**extra: str) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra)
     return env
+
+
+def train_default_model_per_backend(tmp_path: Path, optimizer: Dict[str, Any], backends) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The default digits recipe for 3 optimizer steps with GMP mask updates at steps 0-2, once per
+    optimizer backend; returns each run's weights and masks (nothing may be revived in any)."""
+    from dstrain import load_recipe
+
+    recipe_path = Path(__file__).resolve().parent.parent / "recipes" / "digits_gmp90.yaml"
+    overrides = {"pruning.unit": "step", "training.epochs": 1, "lr_schedule.warmup": 0,
+                 "pruning.schedule": {"kind": "gmp", "initial_sparsity": 0.5, "final_sparsity": 0.9,
+                                      "start": 0, "end": 2, "frequency": 1}}
+    states = {}
+    for backend in backends:
+        recipe = load_recipe(recipe_path, {**overrides, "optimizer": dict(optimizer, backend=backend)})
+        trainer, result = run(recipe, tmp_path / backend, max_steps=3)
+        assert result["revived"] == 0
+        states[backend] = weights_and_masks(trainer)
+    return states

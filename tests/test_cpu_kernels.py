@@ -36,35 +36,9 @@ def built():
     assert cpu_kernels.available(), "the C++ CPU step must build here (compiler and ninja are installed)"
 
 
-def _masks(shapes, kind: str, gen: torch.Generator) -> List[Optional[torch.Tensor]]:
-    """bool masks (None = dense): random, all pruned (first), none pruned (fifth), some dense if 'mixed'."""
-    out: List[Optional[torch.Tensor]] = []
-    for i, s in enumerate(shapes):
-        if kind == "none":
-            out.append(None)
-            continue
-        m = torch.rand(s, generator=gen) > 0.6
-        if i == 0:
-            m = torch.zeros(s, dtype=torch.bool)
-        if i == 4:
-            m = torch.ones(s, dtype=torch.bool)
-        if kind == "mixed" and i in (1, 5):
-            m = None
-        out.append(m)
-    return out
-
-
-def _fmt(masks, fmt: str):
-    conv = {"bool": lambda m: m, "uint8": lambda m: m.to(torch.uint8), "bit": pack_mask}[fmt]
-    return [None if m is None else conv(m) for m in masks]
-
-
-def _assert_pruned_zero(tensors, masks) -> None:
-    for t, m in zip(tensors, masks):
-        if m is not None and t is not None:
-            pruned = t[~m]
-            assert torch.equal(pruned, torch.zeros_like(pruned)), "pruned entries must be exactly 0"
-            assert not torch.signbit(pruned).any(), "pruned entries are written as +0.0"
+from mask_cases import assert_pruned_zero as _assert_pruned_zero
+from mask_cases import for_kernel as _fmt
+from mask_cases import random_masks as _masks
 
 
 def _equal(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
@@ -327,18 +301,9 @@ def test_recipe_accepts_backend_cpu_and_names_the_choices():
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
                                        {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}])
 def test_default_model_cpu_backend_matches_torch(tmp_path, optimizer):
-    from helpers import run, weights_and_masks
+    from helpers import train_default_model_per_backend
 
-    overrides = {"pruning.unit": "step", "training.epochs": 1, "lr_schedule.warmup": 0,
-                 "pruning.schedule": {"kind": "gmp", "initial_sparsity": 0.5, "final_sparsity": 0.9,
-                                      "start": 0, "end": 2, "frequency": 1}}
-    states = {}
-    for backend in ("torch", "cpu"):
-        recipe = load_recipe(REPO / "recipes" / "digits_gmp90.yaml",
-                             {**overrides, "optimizer": dict(optimizer, backend=backend)})
-        trainer, result = run(recipe, tmp_path / backend, max_steps=3)
-        assert result["revived"] == 0
-        states[backend] = weights_and_masks(trainer)
+    states = train_default_model_per_backend(tmp_path, optimizer, ("torch", "cpu"))
     for key, expected in states["torch"].items():
         got = states["cpu"][key]
         if key.startswith("m/") or optimizer["name"] == "sgd":

@@ -48,6 +48,7 @@ BATCH = 8
 
 sys.path.insert(0, str(REPO / "launch"))
 from train import main  # noqa: E402  (launch/train.py: the real entry point)
+from dstrain.nm import is_nm, nm_eligible, parse_pattern  # noqa: E402
 
 
 # --- stand-in data, built once per session ---------------------------------------------------------
@@ -71,6 +72,11 @@ class StandIns:
         # 3 classes x 8 = 24 training images: 3 steps of 8 = one epoch, so the evaluation runs too
         return self._once("imagefolder", lambda p: make_tiny_imagefolder(p, classes=3, per_class=8,
                                                                           val_per_class=4, size=36))
+
+    def fashion(self) -> str:
+        from dstrain.data.idx import write_fashion_stand_in
+
+        return self._once("fashion", lambda p: write_fashion_stand_in(p, n_train=48, n_test=16))
 
     def glue(self, task: str) -> str:
         return self._once(f"glue_{task}", lambda p: write_tiny_glue(p, task))
@@ -138,6 +144,7 @@ STAND_INS: Dict[str, Callable[[StandIns, Dict[str, Any]], Dict[str, Any]]] = {
     "imagefolder": lambda s, r: {"task.data_dir": s.imagefolder(), "task.image_size": 32, "task.num_workers": 0},
     "synthetic": lambda s, r: {"task.image_size": 32, "task.synthetic_size": 24, "task.num_workers": 0},
     "glue": _glue,
+    "fashion_mnist": lambda s, r: {"task.data_dir": s.fashion()},  # IDX files of the real format
 }
 
 #: schedule kind -> step-unit fields: first mask update at step 1, compressed at the last step.
@@ -247,7 +254,11 @@ def test_shipped_recipe_trains(path, stand_ins, tmp_path):
         assert scheduler["history"], "no mask update happened"
         target = scheduler["history"][-1]["sparsity"]
         masks = scheduler["masks"]
-        if recipe.get("pruning", {}).get("scope", "global") == "layerwise":
+        pattern = parse_pattern(str(recipe["pruning"].get("pattern", "unstructured")))
+        if pattern is not None:  # N:M: every eligible layer exactly N of each M kept, the others dense
+            for name, m in masks.items():
+                assert is_nm(m, pattern) if nm_eligible(m, pattern) else bool(m.all()), name
+        elif recipe.get("pruning", {}).get("scope", "global") == "layerwise":
             for name, m in masks.items():
                 assert int((~m).sum()) == round(target * m.numel()), name
         else:

@@ -1,0 +1,40 @@
+"""Mask cases and checks shared by the fused-step tests (Triton kernels and the C++ CPU step)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from kernels import pack_mask
+
+
+def random_masks(shapes, kind: str, gen: torch.Generator) -> List[Optional[torch.Tensor]]:
+    """bool masks (None = dense) covering random, all-pruned, none-pruned and dense tensors."""
+    out: List[Optional[torch.Tensor]] = []
+    for i, s in enumerate(shapes):
+        if kind == "none":
+            out.append(None)
+            continue
+        m = torch.rand(s, generator=gen) > 0.6
+        if i == 0:
+            m = torch.zeros(s, dtype=torch.bool)  # all pruned
+        if i == 4:
+            m = torch.ones(s, dtype=torch.bool)  # nothing pruned
+        if kind == "mixed" and i in (1, 5):
+            m = None
+        out.append(m)
+    return out
+
+
+def for_kernel(masks, fmt: str):
+    """The same masks in the format handed to the kernel: bool, uint8 or packed bits."""
+    conv = {"bool": lambda m: m, "uint8": lambda m: m.to(torch.uint8), "bit": pack_mask}[fmt]
+    return [None if m is None else conv(m) for m in masks]
+
+
+def assert_pruned_zero(tensors, masks) -> None:
+    for t, m in zip(tensors, masks):
+        if m is not None and t is not None:
+            pruned = t[~m]
+            assert torch.equal(pruned, torch.zeros_like(pruned)), "pruned entries must be exactly 0"
+            assert not torch.signbit(pruned).any(), "pruned entries are written as +0.0"
