@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
@@ -320,6 +320,21 @@ def write_recipe(path: Union[str, Path], data: Dict[str, Any], comments: str = "
     if yaml.safe_load(path.read_text()) != json.loads(json.dumps(data)):  # tuples come back as lists
         raise ValueError(f"{path} does not round-trip through YAML")
     return load_recipe(path)
+
+
+def write_recipe_grid(folder: Union[str, Path], header: str,
+                      grid: Iterable[Tuple[str, Dict[str, Any], str]]) -> List[Path]:
+    """Write a generator's recipes (stem, data, note) into ``folder`` with :func:`write_recipe`.
+
+    One writer for every recipes/*/generate.py, so each shipped recipe is proved to
+    round-trip and validate in the same way; returns the written paths.
+    """
+    written = []
+    for stem, data, note in grid:
+        path = Path(folder) / f"{stem}.yaml"
+        write_recipe(path, data, header + "\n" + note + "\n")
+        written.append(path)
+    return written
 
 
 def _converter(unit: str, steps_per_epoch: int):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from dstrain.recipe import write_recipe  # noqa: E402
+from dstrain.recipe import write_recipe_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPARSITIES = (0.80, 0.90, 0.97)
@@ -171,9 +171,7 @@ def grid():
 
 
 def main() -> None:
-    for stem, data, note in grid():
-        path = HERE / f"{stem}.yaml"
-        write_recipe(path, data, HEADER + "\n" + note + "\n")  # checks round-trip and schema
+    for path in write_recipe_grid(HERE, HEADER, grid()):  # checks round-trip and schema
         print(path.relative_to(HERE.parent.parent))
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from dstrain.recipe import write_recipe  # noqa: E402
+from dstrain.recipe import write_recipe_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Base length: this project's choice, from the epoch time measured on the 2-core CPU machine
@@ -98,9 +98,7 @@ def grid():
 
 
 def main() -> None:
-    for stem, data, note in grid():
-        path = HERE / f"{stem}.yaml"
-        write_recipe(path, data, HEADER + "\n" + note + "\n")  # checks round-trip and schema
+    for path in write_recipe_grid(HERE, HEADER, grid()):  # checks round-trip and schema
         print(path.relative_to(HERE.parent.parent))
 
 
