@@ -1,4 +1,4 @@
-"""Mask cases and checks shared by the fused-step tests (Triton kernels and the C++ CPU step)."""
+"""Mask cases, SGD settings and checks shared by the fused-step tests (Triton kernels and the C++ CPU step)."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -6,6 +6,18 @@ from typing import List, Optional
 import torch
 
 from kernels import pack_mask
+
+
+#: SGD settings every fused step must match the reference on: plain, decay, momentum,
+#: dampening, Nesterov, and maximize.
+SGD_CONFIGS = [
+    dict(lr=0.1),
+    dict(lr=0.1, weight_decay=0.05),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.8, weight_decay=0.02, dampening=0.1, maximize=True),
+]
 
 
 def random_masks(shapes, kind: str, gen: torch.Generator) -> List[Optional[torch.Tensor]]:

@@ -36,6 +36,7 @@ def built():
     assert cpu_kernels.available(), "the C++ CPU step must build here (compiler and ninja are installed)"
 
 
+from mask_cases import SGD_CONFIGS
 from mask_cases import assert_pruned_zero as _assert_pruned_zero
 from mask_cases import for_kernel as _fmt
 from mask_cases import random_masks as _masks
@@ -43,16 +44,6 @@ from mask_cases import random_masks as _masks
 
 def _equal(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-
-
-SGD_CONFIGS = [
-    dict(lr=0.1),
-    dict(lr=0.1, weight_decay=0.05),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, dampening=0.3),
-    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-    dict(lr=0.05, momentum=0.8, weight_decay=0.02, dampening=0.1, maximize=True),
-]
 
 
 @pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))

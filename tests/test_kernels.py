@@ -26,19 +26,10 @@ from kernels import pack_mask
 SHAPES = [(7, 3), (1,), (0,), (17, 33), (4, 3, 3, 3), (300,)]
 
 
+from mask_cases import SGD_CONFIGS
 from mask_cases import assert_pruned_zero as _assert_pruned_zero
 from mask_cases import for_kernel as _for_kernel
 from mask_cases import random_masks as _masks
-
-
-SGD_CONFIGS = [
-    dict(lr=0.1),
-    dict(lr=0.1, weight_decay=0.05),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, dampening=0.3),
-    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-    dict(lr=0.05, momentum=0.8, weight_decay=0.02, dampening=0.1, maximize=True),
-]
 
 
 @pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
