@@ -8,6 +8,7 @@ from torch.optim import Optimizer
 
 from .base import MaskedOptimizerMixin, MaskSource
 from .functional import masked_adamw
+from .prepared_state import StateSnapshot, StepCounters
 
 
 class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
@@ -44,7 +45,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
     def step(self, closure=None):
         loss = self._closure_loss(closure)
         for index, group in enumerate(self.param_groups):
-            if self._triton_step(index, group):
+            if self._triton_step(index, group) or self._cpu_step(index, group):
                 continue
             params = [p for p in group["params"] if p.grad is not None]
             exp_avgs, exp_avg_sqs, steps = [], [], []
@@ -92,11 +93,36 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         return AdamWPlan(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], masks,
                          beta1=group["betas"][0], maximize=group["maximize"], use_cache=False)
 
-    def _adopt_state(self, plan, params) -> None:
-        plan.adopt_steps([self.state[p] for p in params])
+    def _prepared_state(self, group, params):
+        counters = StepCounters([self.state[p] for p in params])  # before the snapshot: it replaces "step"
+        return counters, StateSnapshot(self.state, params, ("step", "exp_avg", "exp_avg_sq"))
 
     def _run_plan(self, plan, group) -> None:
-        plan.count_step()
+        counters = plan.counters
+        counters.count()
         beta1, beta2 = group["betas"]
-        plan.kernel_plan.run(step=plan.step, steps=plan.steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+        plan.kernel_plan.run(step=counters.step, steps=counters.steps, lr=group["lr"], beta1=beta1, beta2=beta2,
                              eps=group["eps"], weight_decay=group["weight_decay"])
+
+    # --- the C++ CPU path (see MaskedOptimizerMixin._cpu_step) -----------------------
+    def _state_ready(self, group, params) -> bool:
+        return all(len(self.state[p]) > 0 for p in params)
+
+    def _run_cpu_plan(self, plan, group, grads) -> None:
+        from .cpu_kernels import adamw_step_scalars, adamw_with_storages
+
+        counters = plan.counters
+        counters.count()
+        beta1, beta2 = group["betas"]
+        lr, n = group["lr"], len(plan.stepped)
+        if counters.steps is None:  # one step count for all: the scalars once
+            neg_step_size, bc2_sqrt = adamw_step_scalars(lr, beta1, beta2, counters.step)
+            neg_step_sizes, bc2_sqrts = [neg_step_size] * n, [bc2_sqrt] * n
+        else:
+            pairs = [adamw_step_scalars(lr, beta1, beta2, s) for s in counters.steps]
+            neg_step_sizes, bc2_sqrts = [a for a, _ in pairs], [b for _, b in pairs]
+        tensors = plan.snapshot.tensors
+        adamw_with_storages(plan.stepped, grads, tensors["exp_avg"], tensors["exp_avg_sq"], counters.per_tensor(),
+                            plan.stepped_masks, plan.mask_storages, neg_step_sizes, bc2_sqrts, lr=lr, beta1=beta1,
+                            beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                            maximize=group["maximize"])

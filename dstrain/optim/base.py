@@ -1,10 +1,12 @@
 """What the masked optimizers share: where masks come from and which backend runs."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .prepared_state import StateSnapshot, StepCounters
 
 MaskSource = Callable[[Tensor], Optional[Tensor]]
 """Maps a parameter (the tensor the optimizer updates) to its bool mask, or None if dense."""
@@ -20,6 +22,7 @@ def _no_masks(_: Tensor) -> Optional[Tensor]:
 def _drop_plans(optimizer) -> None:
     """load_state_dict post-hook (a module function, so the optimizer stays picklable)."""
     optimizer._plans.clear()
+    optimizer._cpu_plans.clear()
 
 
 class MaskedOptimizerMixin:
@@ -42,11 +45,13 @@ class MaskedOptimizerMixin:
         self.mask_source = mask_source or _no_masks
         self.masking_enabled = True
         self._plans: Dict[int, Any] = {}  # param group index -> triton_step.GroupPlan
+        self._cpu_plans: Dict[int, Any] = {}  # param group index -> cpu_step.CpuPlan
         self.register_load_state_dict_post_hook(_drop_plans)  # the state tensors were replaced
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # torch pickles defaults, state and param_groups only
         self._plans = {}
+        self._cpu_plans = {}
 
     @staticmethod
     def _closure_loss(closure) -> Optional[Tensor]:
@@ -66,7 +71,7 @@ class MaskedOptimizerMixin:
 
     def set_mask_source(self, mask_source: MaskSource) -> None:
         self.mask_source = mask_source
-        self._plans.clear()
+        _drop_plans(self)
 
     # --- the Triton path -----------------------------------------------------------
     def _flags_key(self, group: dict) -> tuple:
@@ -81,6 +86,10 @@ class MaskedOptimizerMixin:
     def _run_plan(self, plan: Any, group: dict) -> None:
         raise NotImplementedError
 
+    def _prepared_state(self, group: dict, params: List[Tensor]) -> Tuple[Optional[StepCounters], StateSnapshot]:
+        """The step counters (AdamW) and the state tensors a prepared step holds for ``params``."""
+        raise NotImplementedError
+
     def _triton_step(self, index: int, group: dict) -> bool:
         """Step ``group`` with the fused kernels if its backend is Triton; False sends it to the PyTorch path.
 
@@ -90,7 +99,7 @@ class MaskedOptimizerMixin:
         """
         first = group["params"][0] if group["params"] else None
         if self.backend in ("torch", "cpu") or (self.backend == "auto" and first is not None and not first.is_cuda):
-            self._plans.clear()  # 'auto' sends CPU tensors to the C++ step or the reference, never to Triton
+            self._plans.pop(index, None)  # 'auto' sends CPU tensors to the C++ step or the reference, never to Triton
             return False
         from .triton_step import _GRAD, GroupPlan
 
@@ -112,13 +121,51 @@ class MaskedOptimizerMixin:
         self._plans.pop(index, None)
         kernel_plan = self._build_plan(group, stepped, step_grads, step_masks)
         plan = GroupPlan(group, list(params), masks, present, step_grads, kernel_plan, flags_key)
-        self._adopt_state(plan, stepped)
+        plan.counters, plan.snapshot = self._prepared_state(group, stepped)
         self._plans[index] = plan
         self._run_plan(plan, group)
         return True
 
-    def _adopt_state(self, plan: Any, params: List[Tensor]) -> None:
-        """Hook for optimizers with per-step state the plan keeps (AdamW's step counters)."""
+    # --- the C++ CPU path ----------------------------------------------------------
+    def _state_ready(self, group: dict, params: List[Tensor]) -> bool:
+        """True once every stepped tensor has the state a prepared step reads (the first step creates it)."""
+        raise NotImplementedError
+
+    def _run_cpu_plan(self, plan: Any, group: dict, grads: List[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _cpu_step(self, index: int, group: dict) -> bool:
+        """Step ``group`` with the C++ kernel through a cached :class:`~.cpu_step.CpuPlan`; False: the plain path.
+
+        The plain path (per-parameter state lookups, a new step tensor and an ``.item()``
+        per parameter, mask storages per step) cost ~4 ms per ResNet50 AdamW step, a
+        sixth of torch's whole dense fused step on this project's CPU machine.  The
+        plan is built from the second step on (the first creates the state) and
+        rebuilt whenever the tensors, masks or state it holds change.
+        """
+        params = group["params"]
+        if not params or self.backend in ("torch", "triton") or params[0].is_cuda:
+            self._cpu_plans.pop(index, None)
+            return False
+        from .cpu_step import GRAD, CpuPlan
+
+        grads = list(map(GRAD, params))
+        masks = list(map(self.mask_source, params)) if self.masking_enabled else None
+        flags_key = self._flags_key(group)
+        plan = self._cpu_plans.get(index)
+        stepped_grads = plan.stepped_grads(params, grads, masks, flags_key) if plan is not None else None
+        if stepped_grads is None:
+            self._cpu_plans.pop(index, None)
+            present = [i for i, g in enumerate(grads) if g is not None]
+            stepped = [params[i] for i in present]
+            if not stepped or self.resolve_backend(stepped) != "cpu" or not self._state_ready(group, stepped):
+                return False
+            counters, snapshot = self._prepared_state(group, stepped)
+            plan = CpuPlan(params, masks, present, counters, snapshot, flags_key)
+            self._cpu_plans[index] = plan
+            stepped_grads = [grads[i] for i in present]
+        self._run_cpu_plan(plan, group, stepped_grads)
+        return True
 
     def masks_for(self, params: Iterable[Tensor]) -> List[Optional[Tensor]]:
         if not self.masking_enabled:

@@ -181,14 +181,28 @@ def fused_masked_sgd_cpu(
             if first[i] and isinstance(p, Tensor):
                 momentum_buffers[i] = torch.empty_like(p, memory_format=torch.preserve_format)
     try:
-        skipped = ops.masked_sgd(list(params), list(grads), list(momentum_buffers) if has_momentum else [],
-                                 _mask_tensors(masks), first, lr, momentum, dampening, bool(nesterov),
-                                 weight_decay, bool(maximize))
+        sgd_with_storages(list(params), list(grads), momentum_buffers, masks, _mask_tensors(masks), first, lr=lr,
+                          momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                          maximize=maximize)
     except Exception:
         for i, f in enumerate(first):  # refused before anything was written: leave the list as it was
             if f:
                 momentum_buffers[i] = None
         raise
+
+
+def sgd_with_storages(params: Sequence[Tensor], grads: Sequence[Tensor], momentum_buffers: List[Optional[Tensor]],
+                      masks: Sequence, mask_storages: Sequence[Optional[Tensor]], first: Sequence[bool], *,
+                      lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float,
+                      maximize: bool) -> None:
+    """The kernel call itself, for a prepared step (:class:`~.cpu_step.CpuPlan`) that keeps the mask storages.
+
+    ``first[i]``: ``momentum_buffers[i]`` is freshly allocated and gets ``buf = grad``.
+    Tensors the kernel cannot address flatly are stepped by the reference.
+    """
+    has_momentum = momentum != 0
+    skipped = _ops.masked_sgd(params, grads, momentum_buffers if has_momentum else [], mask_storages, first, lr,
+                              momentum, dampening, bool(nesterov), weight_decay, bool(maximize))
     if skipped:
         bufs = [None if has_momentum and first[i] else momentum_buffers[i] for i in skipped]
         masked_sgd([params[i] for i in skipped], [grads[i] for i in skipped], bufs,
@@ -196,6 +210,11 @@ def fused_masked_sgd_cpu(
                    nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
         for i, b in zip(skipped, bufs):
             momentum_buffers[i] = b
+
+
+def adamw_step_scalars(lr: float, beta1: float, beta2: float, step: int):
+    """(-step_size, sqrt(bias_correction2)) for one step count, in double precision as the reference computes them."""
+    return -(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step)
 
 
 def _adamw_scalars(lr: float, beta1: float, beta2: float, steps: Sequence[int]):
@@ -207,7 +226,7 @@ def _adamw_scalars(lr: float, beta1: float, beta2: float, steps: Sequence[int]):
         if step not in cache:
             if step < 1:
                 raise ValueError(f"steps[{i}]={step}: the step count includes this step, so it must be >= 1")
-            cache[step] = (-(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step))
+            cache[step] = adamw_step_scalars(lr, beta1, beta2, step)
         a, b = cache[step]
         neg_ss.append(a)
         bc2.append(b)
@@ -240,8 +259,22 @@ def fused_masked_adamw_cpu(
                      beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
         return
     neg_ss, bc2 = _adamw_scalars(lr, beta1, beta2, steps)
-    skipped = ops.masked_adamw(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), _mask_tensors(masks),
-                               neg_ss, bc2, lr, beta1, beta2, eps, weight_decay, bool(maximize))
+    adamw_with_storages(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), steps, masks,
+                        _mask_tensors(masks), neg_ss, bc2,
+                        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+def adamw_with_storages(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
+                        exp_avg_sqs: Sequence[Tensor], steps: Sequence[int], masks: Sequence,
+                        mask_storages: Sequence[Optional[Tensor]], neg_step_sizes: Sequence[float],
+                        bc2_sqrts: Sequence[float], *, lr: float, beta1: float, beta2: float, eps: float,
+                        weight_decay: float, maximize: bool) -> None:
+    """The kernel call itself, for a prepared step that keeps the mask storages and computes the scalars once.
+
+    Tensors the kernel cannot address flatly are stepped by the reference.
+    """
+    skipped = _ops.masked_adamw(params, grads, exp_avgs, exp_avg_sqs, mask_storages, neg_step_sizes, bc2_sqrts,
+                                lr, beta1, beta2, eps, weight_decay, bool(maximize))
     if skipped:
         masked_adamw([params[i] for i in skipped], [grads[i] for i in skipped], [exp_avgs[i] for i in skipped],
                      [exp_avg_sqs[i] for i in skipped], [steps[i] for i in skipped],

@@ -8,6 +8,7 @@ from torch.optim import Optimizer
 
 from .base import MaskedOptimizerMixin, MaskSource
 from .functional import masked_sgd
+from .prepared_state import StateSnapshot
 
 
 class MaskedSGD(MaskedOptimizerMixin, Optimizer):
@@ -47,7 +48,7 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
     def step(self, closure=None):
         loss = self._closure_loss(closure)
         for index, group in enumerate(self.param_groups):
-            if self._triton_step(index, group):
+            if self._triton_step(index, group) or self._cpu_step(index, group):
                 continue
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
@@ -85,3 +86,19 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
     def _run_plan(self, plan, group) -> None:
         plan.kernel_plan.run(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                              weight_decay=group["weight_decay"])
+
+    def _prepared_state(self, group, params):
+        has_buffers = group["momentum"] != 0 and all("momentum_buffer" in self.state[p] for p in params)
+        return None, StateSnapshot(self.state, params, ("momentum_buffer",) if has_buffers else ())
+
+    # --- the C++ CPU path (see MaskedOptimizerMixin._cpu_step) -----------------------
+    def _state_ready(self, group, params) -> bool:
+        return group["momentum"] == 0 or all(self.state[p].get("momentum_buffer") is not None for p in params)
+
+    def _run_cpu_plan(self, plan, group, grads) -> None:
+        from .cpu_kernels import sgd_with_storages
+
+        bufs = plan.snapshot.tensors.get("momentum_buffer", [])  # the flags key rebuilds the plan if momentum appears
+        sgd_with_storages(plan.stepped, grads, bufs, plan.stepped_masks, plan.mask_storages, plan.not_first,
+                          lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
+                          weight_decay=group["weight_decay"], maximize=group["maximize"])

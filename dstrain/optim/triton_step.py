@@ -16,28 +16,25 @@ arguments, launch groups, address tables, step counters), and a step does only:
   a flag-changing hyperparameter, masking switched on/off) rebuilds the plan;
 * compute the step's scalars once and launch one kernel per launch group.
 
-Step counters (AdamW) live in one CPU float32 tensor per plan; each parameter's
-``state["step"]`` is a 0-d view into it, so torch's state_dict format is kept and one
-``add_`` counts a step for all, while the kernels get the count from a host integer:
-no ``.item()`` and no device synchronisation.  A plan is dropped when the optimizer's
+Step counters (AdamW) are a :class:`~dstrain.optim.prepared_state.StepCounters`: no
+``.item()`` and no device synchronisation.  A plan is dropped when the optimizer's
 state is loaded (``load_state_dict``), its mask source changes, or a group takes the
-PyTorch path.  Mask *contents* may change freely (the registry updates masks in
+PyTorch path, and rebuilt when a state tensor was replaced behind its back
+(:class:`~dstrain.optim.prepared_state.StateSnapshot`).  Mask *contents* may change freely (the registry updates masks in
 place): the kernels read them on every step.
 """
 from __future__ import annotations
 
 import operator
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import torch
 from torch import Tensor
 
+from .prepared_state import StateSnapshot, StepCounters, same_objects as _same_objects
+
 _GRAD = operator.attrgetter("grad")
 _PTR = Tensor.data_ptr
-
-
-def _same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 class GroupPlan:
@@ -54,9 +51,8 @@ class GroupPlan:
         self.g_addrs = list(map(_PTR, grads))
         self.kernel_plan = kernel_plan
         self.flags_key = flags_key
-        self.step: Optional[int] = None  # AdamW: the shared step count (None: tensors differ)
-        self.steps: Optional[List[int]] = None  # AdamW: per-tensor counts when they differ
-        self.steps_buf: Optional[Tensor] = None
+        self.counters: Optional[StepCounters] = None  # AdamW's step counts (set by the optimizer)
+        self.snapshot: Optional[StateSnapshot] = None  # the state tensors the kernel tables point at
 
     def current_grads(self, params: List[Tensor], grads: List[Optional[Tensor]]) -> Optional[List[Tensor]]:
         """This step's gradients of the planned tensors, or None if the set of tensors with a gradient changed."""
@@ -69,6 +65,8 @@ class GroupPlan:
                 flags_key: tuple) -> bool:
         """True if the plan can run this step (patching moved gradient addresses in place)."""
         if flags_key != self.flags_key or self.kernel_plan.stale or not _same_objects(params, self.params):
+            return False
+        if self.snapshot is not None and not self.snapshot.unchanged():
             return False
         if (masks is None) != (self.masks is None) or (masks is not None and not _same_objects(masks, self.masks)):
             return False
@@ -88,24 +86,3 @@ class GroupPlan:
                 return False
             self.g_addrs = g_addrs
         return True
-
-    # --- AdamW step counters -------------------------------------------------------
-    def adopt_steps(self, states: List[dict]) -> None:
-        """Move the tensors' ``state["step"]`` into one buffer (views), reading the counts once."""
-        counts = [float(s["step"]) for s in states]
-        self.steps_buf = torch.tensor(counts, dtype=torch.float32)
-        for i, s in enumerate(states):
-            s["step"] = self.steps_buf[i]
-        ints = [int(c) for c in counts]
-        if len(set(ints)) <= 1:
-            self.step = ints[0] if ints else 0
-        else:
-            self.steps = ints
-
-    def count_step(self) -> None:
-        """One more step for every planned tensor: one ``add_`` on the buffer, host counts in Python ints."""
-        self.steps_buf.add_(1)
-        if self.steps is None:
-            self.step += 1
-        else:
-            self.steps = [s + 1 for s in self.steps]
