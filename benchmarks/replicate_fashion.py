@@ -104,6 +104,21 @@ def plan(paths: List[Path], seeds: int, claim: Tuple[str, ...]) -> List[Tuple[Pa
 
 def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int) -> Dict[str, Any]:
     """One run (in a worker process); returns its result plus timing and load."""
+    # Before the trainer's set_rank_threads, which gives an unset OMP_NUM_THREADS all cores per
+    # process: with --jobs 2 that was 4 threads on 2 cores, and the grid ran several times slower.
+    # Restored afterwards: with --jobs 1 this is the caller's process.
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        return _train_one(path, seed, overrides, run_dir, threads)
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+
+
+def _train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int) -> Dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available():
@@ -121,7 +136,7 @@ def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, thr
         return {"run": Path(run_dir).name, "error": str(err)}
     return {"run": Path(run_dir).name, "seconds": round(time.time() - t0, 1), "load_before": load_before,
             "load_after": os.getloadavg()[0], "score": result["score"], "sparsity": result["sparsity"],
-            "steps": result["steps"]}
+            "steps": result["steps"], "torch_threads": torch.get_num_threads()}
 
 
 def _train_all(todo: List[Tuple[Path, int, Path]], overrides: Dict[str, Any], jobs: int,

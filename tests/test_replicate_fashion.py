@@ -3,6 +3,8 @@ overrides only, extra seeds, skipping finished runs, and the report's mean ± st
 import importlib.util
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,8 @@ from dstrain import load_recipe
 from dstrain.data.idx import write_fashion_stand_in
 
 REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("replicate_fashion", REPO / "benchmarks" / "replicate_fashion.py")
-replicate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(replicate)
+sys.path.insert(0, str(REPO / "benchmarks"))  # importable by name: --jobs 2 workers unpickle train_one from it
+import replicate_fashion as replicate  # noqa: E402
 
 
 def _final(run_dir: Path) -> dict:
@@ -25,9 +26,16 @@ def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("fashion")
     data = write_fashion_stand_in(root / "data", n_train=64, n_test=32)
     argv = ["--out", str(root / "runs"), "--report_dir", str(root / "report"), "--only", "dense_1x",
-            "--only", "gmp95_1x", "--seeds", "2", "--jobs", "1", "--set", f"task.data_dir={data}",
+            "--only", "gmp95_1x", "--seeds", "2", "--jobs", "2", "--set", f"task.data_dir={data}",
             "--set", "training.batch_size=16", "--set", "task.arch_options.width=4"]
-    assert replicate.main(argv) == 0
+    # The default --jobs 2 in fresh worker processes, with OMP_NUM_THREADS unset as on a user's shell
+    # (tests/conftest.py sets it): the workers must still train on --threads threads.
+    omp = os.environ.pop("OMP_NUM_THREADS", None)
+    try:
+        assert replicate.main(argv) == 0
+    finally:
+        if omp is not None:
+            os.environ["OMP_NUM_THREADS"] = omp
     return root, argv
 
 
@@ -40,6 +48,8 @@ def test_grid_runs_every_seed_and_reports_mean_and_standard_error(grid):
              for s in (0, 1)}
     assert seeds == {0, 1}
     assert len((runs / "times.jsonl").read_text().splitlines()) == 4
+    # --threads (default 1) holds through training: the trainer must not widen it to every core
+    assert {json.loads(line)["torch_threads"] for line in (runs / "times.jsonl").read_text().splitlines()} == {1}
     md = (root / "report" / "report.md").read_text()
     assert (root / "report" / "report.png").stat().st_size > 10_000
     timing = (root / "report" / "timing.md").read_text()
