@@ -12,6 +12,7 @@ when it cannot be built, since CI has a compiler and ninja.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -155,6 +156,18 @@ def test_two_threads_give_the_same_bits():
         masked_sgd(ref, grads, ref_bufs, masks, lr=0.1, momentum=0.9, nesterov=True)
     for a, b in zip(params + bufs, ref + ref_bufs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+def test_the_step_really_runs_on_torch_threads():
+    """The build must keep OpenMP: without -fopenmp at::parallel_for silently ran on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cpu_kernels._ops.parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu_kernels._ops.parallel_threads(64) == threads
 
 
 def test_channels_last_and_strided_tensors():

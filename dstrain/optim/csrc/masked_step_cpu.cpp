@@ -405,9 +405,23 @@ std::vector<int64_t> masked_adamw_cpu(at::TensorList params, at::TensorList grad
   return skipped;
 }
 
+// How many threads one at::parallel_for over ``items`` work items really runs on: the
+// step's own parallel region, so a build that loses OpenMP (the header's pragma is then
+// ignored and the loop runs serially) shows up in a test rather than as a slow step.
+int64_t parallel_threads(int64_t items) {
+  std::vector<int64_t> seen(static_cast<size_t>(std::max<int64_t>(items, 1)), -1);
+  at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t w = lo; w < hi; ++w) seen[static_cast<size_t>(w)] = at::get_thread_num();
+  });
+  int64_t threads = 0;
+  for (int64_t t : seen) threads = std::max(threads, t + 1);
+  return threads;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dstrain_cpu, m) {
+  m.def("parallel_threads(int items) -> int", &parallel_threads);
   m.def("masked_sgd(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor?[] masks, "
         "bool[] first, float lr, float momentum, float dampening, bool nesterov, float weight_decay, "
         "bool maximize) -> int[]",
