@@ -118,4 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == 0:  # the process ends here; main() itself stays callable again in one process (tests)
+        from dstrain import distributed
+
+        distributed.shutdown()
+    sys.exit(status)

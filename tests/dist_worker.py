@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import weights_and_masks  # noqa: E402
 
-from dstrain import SparseTrainer, TrainerOptions, parse_recipe  # noqa: E402
+from dstrain import SparseTrainer, TrainerOptions, distributed, parse_recipe  # noqa: E402
 
 
 class CollectiveCounter:
@@ -88,6 +88,7 @@ def main() -> None:
     state["collectives_in_obert_updates"] = torch.tensor(counter.obert_count)
     state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
+    distributed.shutdown()  # as launch/train.py does
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_nm import NMChecker  # noqa: E402
 
-from dstrain import SparseTrainer, TrainerOptions, parse_recipe  # noqa: E402
+from dstrain import SparseTrainer, TrainerOptions, distributed, parse_recipe  # noqa: E402
 
 
 def main() -> None:
@@ -26,6 +26,7 @@ def main() -> None:
     torch.save({"checked": checker.checked, "steps": result["steps"], "masks": trainer.registry.state_dict(),
                 "masked_masters": len(trainer.partition_masks.masters_and_masks())},
                out / f"rank{os.environ.get('RANK', '0')}.pt")
+    distributed.shutdown()  # as launch/train.py does
 
 
 if __name__ == "__main__":
