@@ -102,8 +102,20 @@ def plan(paths: List[Path], seeds: int, claim: Tuple[str, ...]) -> List[Tuple[Pa
     return sorted(jobs, key=key)
 
 
-def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int) -> Dict[str, Any]:
-    """One run (in a worker process); returns its result plus timing and load."""
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train_one(path: str, seed: int, overrides: Dict[str, Any], run_dir: str, threads: int,
+              own_world: bool = False) -> Dict[str, Any]:
+    """One run (in a worker process); returns its result plus timing and load.
+
+    ``own_world``: a spawned worker drops the torch.distributed variables it inherited, so
+    each run is a world of one on a free port of its own (two workers inheriting a parent's
+    MASTER_PORT, e.g. under pytest, collided on it: EADDRINUSE).
+    """
+    if own_world:
+        for key in DIST_ENV:
+            os.environ.pop(key, None)
     # Before the trainer's set_rank_threads, which gives an unset OMP_NUM_THREADS all cores per
     # process: with --jobs 2 that was 4 threads on 2 cores, and the grid ran several times slower.
     # Restored afterwards: with --jobs 1 this is the caller's process.
@@ -148,7 +160,7 @@ def _train_all(todo: List[Tuple[Path, int, Path]], overrides: Dict[str, Any], jo
         return
     context = get_context("spawn")  # a fresh interpreter per run: no state shared between runs
     with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(train_one, str(p), s, overrides, str(d), threads) for p, s, d in todo]
+        futures = [pool.submit(train_one, str(p), s, overrides, str(d), threads, True) for p, s, d in todo]
         try:
             for future in as_completed(futures):
                 yield future.result()

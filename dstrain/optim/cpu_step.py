@@ -1,10 +1,10 @@
 """The C++ CPU path of a masked optimizer step with its host work done once per tensor list, not per step.
 
 Why: the fused C++ step (:mod:`dstrain.optim.cpu_kernels`) runs at the speed of torch's
-dense fused step, but the plain Python around it (state lookups, a new ``state["step"]``
-tensor and an ``.item()`` per parameter, mask storages, argument lists) cost ~4 ms per
-ResNet50 AdamW step on the project's 2-core machine, which alone put the masked step
-above the 1.3x-of-dense-fused target.  A :class:`CpuPlan` keeps, per param group, what
+dense fused step, and the plain Python around it (state lookups, a new ``state["step"]``
+tensor and an ``.item()`` per parameter, mask storages, argument lists) is per-parameter
+host work that grows with the tensor count and with machine load; on the idle 2-core
+machine it was worth up to ~0.6 ms of a ~9 ms ResNet50 AdamW step.  A :class:`CpuPlan` keeps, per param group, what
 depends only on *which* tensors are stepped: the stepped parameters, their state
 tensors (checked for replacement each step, see
 :mod:`~dstrain.optim.prepared_state`), AdamW's step counters and the mask storages.
