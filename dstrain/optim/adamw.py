@@ -109,20 +109,15 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         return all(len(self.state[p]) > 0 for p in params)
 
     def _run_cpu_plan(self, plan, group, grads) -> None:
-        from .cpu_kernels import adamw_step_scalars, adamw_with_storages
+        from .cpu_kernels import _adamw_scalars, adamw_with_storages
 
         counters = plan.counters
         counters.count()
         beta1, beta2 = group["betas"]
-        lr, n = group["lr"], len(plan.stepped)
-        if counters.steps is None:  # one step count for all: the scalars once
-            neg_step_size, bc2_sqrt = adamw_step_scalars(lr, beta1, beta2, counters.step)
-            neg_step_sizes, bc2_sqrts = [neg_step_size] * n, [bc2_sqrt] * n
-        else:
-            pairs = [adamw_step_scalars(lr, beta1, beta2, s) for s in counters.steps]
-            neg_step_sizes, bc2_sqrts = [a for a, _ in pairs], [b for _, b in pairs]
+        lr, steps = group["lr"], counters.per_tensor()
+        neg_step_sizes, bc2_sqrts = _adamw_scalars(lr, beta1, beta2, steps)  # computed once per distinct count
         tensors = plan.snapshot.tensors
-        adamw_with_storages(plan.stepped, grads, tensors["exp_avg"], tensors["exp_avg_sq"], counters.per_tensor(),
+        adamw_with_storages(plan.stepped, grads, tensors["exp_avg"], tensors["exp_avg_sq"], steps,
                             plan.stepped_masks, plan.mask_storages, neg_step_sizes, bc2_sqrts, lr=lr, beta1=beta1,
                             beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                             maximize=group["maximize"])

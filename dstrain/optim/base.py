@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .prepared_state import StateSnapshot, StepCounters
+from .prepared_state import GRAD, StateSnapshot, StepCounters
 
 MaskSource = Callable[[Tensor], Optional[Tensor]]
 """Maps a parameter (the tensor the optimizer updates) to its bool mask, or None if dense."""
@@ -101,10 +101,10 @@ class MaskedOptimizerMixin:
         if self.backend in ("torch", "cpu") or (self.backend == "auto" and first is not None and not first.is_cuda):
             self._plans.pop(index, None)  # 'auto' sends CPU tensors to the C++ step or the reference, never to Triton
             return False
-        from .triton_step import _GRAD, GroupPlan
+        from .triton_step import GroupPlan
 
         params = group["params"]
-        grads = list(map(_GRAD, params))
+        grads = list(map(GRAD, params))
         masks = list(map(self.mask_source, params)) if self.masking_enabled else None
         flags_key = self._flags_key(group)
         plan = self._plans.get(index)
@@ -149,13 +149,13 @@ class MaskedOptimizerMixin:
         if not params or self.backend in ("torch", "triton") or params[0].is_cuda:
             self._cpu_plans.pop(index, None)
             return False
-        from .cpu_step import GRAD, CpuPlan
+        from .cpu_step import CpuPlan
 
         grads = list(map(GRAD, params))
         masks = list(map(self.mask_source, params)) if self.masking_enabled else None
         flags_key = self._flags_key(group)
         plan = self._cpu_plans.get(index)
-        stepped_grads = plan.stepped_grads(params, grads, masks, flags_key) if plan is not None else None
+        stepped_grads = plan.planned_grads(params, grads, masks, flags_key) if plan is not None else None
         if stepped_grads is None:
             self._cpu_plans.pop(index, None)
             present = [i for i, g in enumerate(grads) if g is not None]

@@ -217,11 +217,6 @@ def sgd_with_storages(params: Sequence[Tensor], grads: Sequence[Tensor], momentu
             momentum_buffers[i] = b
 
 
-def adamw_step_scalars(lr: float, beta1: float, beta2: float, step: int):
-    """(-step_size, sqrt(bias_correction2)) for one step count, in double precision as the reference computes them."""
-    return -(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step)
-
-
 def _adamw_scalars(lr: float, beta1: float, beta2: float, steps: Sequence[int]):
     """Per-tensor (-step_size, sqrt(bias_correction2)) in double precision, as the reference computes them."""
     cache = {}
@@ -231,7 +226,7 @@ def _adamw_scalars(lr: float, beta1: float, beta2: float, steps: Sequence[int]):
         if step not in cache:
             if step < 1:
                 raise ValueError(f"steps[{i}]={step}: the step count includes this step, so it must be >= 1")
-            cache[step] = adamw_step_scalars(lr, beta1, beta2, step)
+            cache[step] = (-(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step))
         a, b = cache[step]
         neg_ss.append(a)
         bc2.append(b)

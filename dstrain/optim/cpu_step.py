@@ -15,49 +15,24 @@ on or off, or replaced state rebuild the plan.
 """
 from __future__ import annotations
 
-import operator
-from itertools import repeat
 from typing import Any, List, Optional
 
 from torch import Tensor
 
-from .prepared_state import StateSnapshot, StepCounters, same_objects
-
-GRAD = operator.attrgetter("grad")
+from .prepared_state import PreparedGroup, StateSnapshot, StepCounters
 
 
-class CpuPlan:
+class CpuPlan(PreparedGroup):
     """One param group's prepared C++ step (see the module docstring)."""
 
     def __init__(self, params: List[Tensor], masks: Optional[List[Any]], present: List[int],
                  counters: Optional[StepCounters], snapshot: StateSnapshot, flags_key: tuple) -> None:
         from kernels.bitmask import mask_storage
 
-        self.params = list(params)
-        self.masks = masks
-        self.present = present
-        self.all_present = len(present) == len(params)
+        super().__init__(params, masks, present, flags_key)
         self.stepped = [params[i] for i in present]
         self.stepped_masks: List[Any] = [None] * len(present) if masks is None else [masks[i] for i in present]
         self.mask_storages = list(map(mask_storage, self.stepped_masks))
         self.counters = counters
         self.snapshot = snapshot
-        self.flags_key = flags_key  # hyperparameters that change which state exists (SGD momentum on/off)
         self.not_first = [False] * len(present)  # SGD's "allocate this momentum buffer" flags: never, once planned
-
-    def stepped_grads(self, params: List[Tensor], grads: List[Optional[Tensor]], masks: Optional[List[Any]],
-                      flags_key: tuple) -> Optional[List[Tensor]]:
-        """This step's gradients of the planned tensors, or None if the plan no longer fits."""
-        if flags_key != self.flags_key or not same_objects(params, self.params):
-            return None
-        if (masks is None) != (self.masks is None) or (masks is not None and not same_objects(masks, self.masks)):
-            return None
-        if self.all_present:
-            stepped = grads
-        else:
-            if [i for i, g in enumerate(grads) if g is not None] != self.present:
-                return None
-            stepped = [grads[i] for i in self.present]
-        if not all(map(operator.is_not, stepped, repeat(None))) or not self.snapshot.unchanged():
-            return None
-        return stepped  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Optimizer state as a prepared step keeps it: cached state tensors, and AdamW's step counters in one buffer.
+"""What a prepared optimizer step keeps: the tensors it covers, their state, and AdamW's step counters.
 
 Why: a prepared step (the Triton :class:`~dstrain.optim.triton_step.GroupPlan`, the
 C++ :class:`~dstrain.optim.cpu_step.CpuPlan`) skips the per-parameter Python of an
@@ -12,10 +12,15 @@ stepping stale buffers.
 from __future__ import annotations
 
 import operator
+from itertools import repeat
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+
+GRAD = operator.attrgetter("grad")
+"""``map(GRAD, params)``: every parameter's ``.grad`` without a Python frame per parameter."""
 
 
 def same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
@@ -74,3 +79,40 @@ class StepCounters:
 
     def per_tensor(self) -> List[int]:
         return [self.step] * len(self.views) if self.steps is None else self.steps
+
+
+class PreparedGroup:
+    """One param group as a prepared step planned it; the Triton and C++ plans extend it.
+
+    A plan covers these parameters (identity), these mask tensors (or none: masking off),
+    the hyperparameters of ``flags_key``, the tensors that had a gradient (``present``),
+    and the state of :attr:`snapshot`.  :meth:`planned_grads` checks all of that per
+    step with C-level ``map`` calls and hands back the gradients to step.
+    """
+
+    def __init__(self, params: List[Tensor], masks: Optional[List[Any]], present: List[int],
+                 flags_key: tuple) -> None:
+        self.params = list(params)
+        self.masks = masks
+        self.present = present
+        self.all_present = len(present) == len(params)
+        self.flags_key = flags_key
+        self.counters: Optional[StepCounters] = None  # AdamW's step counts (set by the optimizer)
+        self.snapshot: Optional[StateSnapshot] = None  # the state tensors the plan steps
+
+    def planned_grads(self, params: List[Tensor], grads: List[Optional[Tensor]], masks: Optional[List[Any]],
+                      flags_key: tuple) -> Optional[List[Tensor]]:
+        """This step's gradients of the planned tensors, or None if the plan no longer fits."""
+        if flags_key != self.flags_key or not same_objects(params, self.params):
+            return None
+        if (masks is None) != (self.masks is None) or (masks is not None and not same_objects(masks, self.masks)):
+            return None
+        if self.snapshot is not None and not self.snapshot.unchanged():
+            return None
+        if self.all_present:
+            stepped = grads
+        elif [i for i, g in enumerate(grads) if g is not None] == self.present:
+            stepped = [grads[i] for i in self.present]
+        else:
+            return None
+        return stepped if all(map(operator.is_not, stepped, repeat(None))) else None  # type: ignore[return-value]

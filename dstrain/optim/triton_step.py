@@ -25,60 +25,35 @@ place): the kernels read them on every step.
 """
 from __future__ import annotations
 
-import operator
 from typing import Any, List, Optional
 
-import torch
 from torch import Tensor
 
-from .prepared_state import StateSnapshot, StepCounters, same_objects as _same_objects
+from .prepared_state import PreparedGroup
 
-_GRAD = operator.attrgetter("grad")
 _PTR = Tensor.data_ptr
 
 
-class GroupPlan:
+class GroupPlan(PreparedGroup):
     """One param group's prepared Triton step (see the module docstring)."""
 
     def __init__(self, group: dict, params: List[Tensor], all_masks: Optional[List[Any]], present: List[int],
                  grads: List[Tensor], kernel_plan: Any, flags_key: tuple) -> None:
+        super().__init__(params, all_masks, present, flags_key)
         self.group = group
-        self.params = list(params)
-        self.masks = all_masks
-        self.present = present
-        self.all_present = len(present) == len(params)
         self.p_addrs = list(map(_PTR, params))
         self.g_addrs = list(map(_PTR, grads))
         self.kernel_plan = kernel_plan
-        self.flags_key = flags_key
-        self.counters: Optional[StepCounters] = None  # AdamW's step counts (set by the optimizer)
-        self.snapshot: Optional[StateSnapshot] = None  # the state tensors the kernel tables point at
-
-    def current_grads(self, params: List[Tensor], grads: List[Optional[Tensor]]) -> Optional[List[Tensor]]:
-        """This step's gradients of the planned tensors, or None if the set of tensors with a gradient changed."""
-        if self.all_present:
-            return grads  # type: ignore[return-value]  (a None shows up as a TypeError in matches)
-        present = [i for i, g in enumerate(grads) if g is not None]
-        return [grads[i] for i in present] if present == self.present else None  # type: ignore[misc]
 
     def matches(self, params: List[Tensor], grads: List[Optional[Tensor]], masks: Optional[List[Any]],
                 flags_key: tuple) -> bool:
         """True if the plan can run this step (patching moved gradient addresses in place)."""
-        if flags_key != self.flags_key or self.kernel_plan.stale or not _same_objects(params, self.params):
+        if self.kernel_plan.stale:
             return False
-        if self.snapshot is not None and not self.snapshot.unchanged():
+        stepped = self.planned_grads(params, grads, masks, flags_key)
+        if stepped is None or list(map(_PTR, params)) != self.p_addrs:
             return False
-        if (masks is None) != (self.masks is None) or (masks is not None and not _same_objects(masks, self.masks)):
-            return False
-        if list(map(_PTR, params)) != self.p_addrs:
-            return False
-        stepped = self.current_grads(params, grads)
-        if stepped is None:
-            return False
-        try:
-            g_addrs = list(map(_PTR, stepped))
-        except TypeError:  # a gradient is None now: the set of stepped tensors changed
-            return False
+        g_addrs = list(map(_PTR, stepped))
         if g_addrs != self.g_addrs:
             moved = [i for i, (a, b) in enumerate(zip(g_addrs, self.g_addrs)) if a != b]
             planned = [params[i] for i in self.present] if not self.all_present else params
