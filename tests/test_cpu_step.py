@@ -16,11 +16,9 @@ import torch
 
 from dstrain.optim import MaskedAdamW, MaskedSGD
 from dstrain.optim import cpu_kernels
+from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
 
-SHAPES = [(6, 5), (6,), (4, 3, 3, 3), (4,), (3, 7), (300,)]
-SGD_HYPER = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
-ADAMW_HYPER = dict(lr=1e-2, weight_decay=0.05)
-OPTIMIZERS = [(MaskedSGD, SGD_HYPER), (MaskedAdamW, ADAMW_HYPER)]
+OPTIMIZERS = [(MaskedSGD, STEP_SGD_HYPER), (MaskedAdamW, STEP_ADAMW_HYPER)]
 
 
 @pytest.fixture(autouse=True)
@@ -29,26 +27,10 @@ def built():
         pytest.skip("the C++ CPU step cannot be built here (no compiler)")
 
 
-def _setup(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
-    masks = {id(p): torch.rand(p.shape, generator=gen) > 0.5 for p in params if p.dim() > 1}
-    with torch.no_grad():
-        for p in params:
-            if id(p) in masks:
-                p.mul_(masks[id(p)])
-    return params, masks
-
-
 def _twin(params, masks):
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
     twin_masks = {id(t): masks[id(p)].clone() for p, t in zip(params, twin) if id(p) in masks}
     return twin, twin_masks
-
-
-def _set_grads(params, gen):
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
 
 
 def _plain_cpu_step(opt) -> None:
@@ -67,7 +49,7 @@ def _assert_same(a_params, b_params, a_opt, b_opt) -> None:
 
 @pytest.mark.parametrize("cls,hyper", OPTIMIZERS)
 def test_planned_steps_equal_plain_steps_bit_for_bit(cls, hyper):
-    params, masks = _setup()
+    params, masks = masked_params()
     twin, twin_masks = _twin(params, masks)
     opt = cls(params, backend="cpu", mask_source=lambda p: masks.get(id(p)), **hyper)
     plain = cls(twin, backend="cpu", mask_source=lambda p: twin_masks.get(id(p)), **hyper)
@@ -78,8 +60,8 @@ def test_planned_steps_equal_plain_steps_bit_for_bit(cls, hyper):
             twin_masks[id(twin[0])][0, :] = False
         opt.param_groups[0]["lr"] *= 0.9  # a scheduler changes lr every step: scalars follow
         plain.param_groups[0]["lr"] *= 0.9
-        _set_grads(params, gen)
-        _set_grads(twin, twin_gen)
+        set_grads(params, gen, new_tensors=True)
+        set_grads(twin, twin_gen, new_tensors=True)
         opt.step()
         _plain_cpu_step(plain)
     assert opt._cpu_plans, "steps after the first run through a plan"
@@ -89,11 +71,11 @@ def test_planned_steps_equal_plain_steps_bit_for_bit(cls, hyper):
 
 @pytest.mark.parametrize("cls,hyper", OPTIMIZERS)
 def test_steady_state_step_has_no_per_parameter_tensor_calls(cls, hyper, monkeypatch):
-    params, masks = _setup()
+    params, masks = masked_params()
     opt = cls(params, backend="cpu", mask_source=lambda p: masks.get(id(p)), **hyper)
     gen = torch.Generator().manual_seed(2)
     for _ in range(2):
-        _set_grads(params, gen)
+        set_grads(params, gen, new_tensors=True)
         opt.step()
     plan = opt._cpu_plans[0]
     calls = {"item": 0, "__float__": 0, "__int__": 0, "__add__": 0, "mask_storage": 0}
@@ -115,7 +97,7 @@ def test_steady_state_step_has_no_per_parameter_tensor_calls(cls, hyper, monkeyp
 
     monkeypatch.setattr(bitmask, "mask_storage", counted_storage)
     for _ in range(3):
-        _set_grads(params, gen)
+        set_grads(params, gen, new_tensors=True)
         opt.step()
     assert opt._cpu_plans[0] is plan, "the plan is kept while the tensors stay the same"
     assert calls == dict.fromkeys(calls, 0)
@@ -125,15 +107,15 @@ def test_steady_state_step_has_no_per_parameter_tensor_calls(cls, hyper, monkeyp
 
 @pytest.mark.parametrize("cls,hyper", OPTIMIZERS)
 def test_replaced_state_new_masks_and_vanishing_grads_rebuild_the_plan(cls, hyper):
-    params, masks = _setup()
+    params, masks = masked_params()
     twin, twin_masks = _twin(params, masks)
     opt = cls(params, backend="cpu", mask_source=lambda p: masks.get(id(p)), **hyper)
     ref = cls(twin, backend="torch", mask_source=lambda p: twin_masks.get(id(p)), **hyper)
     gen, twin_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
 
     def both(change=None):
-        _set_grads(params, gen)
-        _set_grads(twin, twin_gen)
+        set_grads(params, gen, new_tensors=True)
+        set_grads(twin, twin_gen, new_tensors=True)
         if change is not None:
             change()
         before = opt._cpu_plans.get(0)
@@ -174,33 +156,33 @@ def test_replaced_state_new_masks_and_vanishing_grads_rebuild_the_plan(cls, hype
 
 
 def test_state_dict_roundtrip_and_momentum_switched_on():
-    params, masks = _setup()
-    opt = MaskedAdamW(params, backend="cpu", mask_source=lambda p: masks.get(id(p)), **ADAMW_HYPER)
+    params, masks = masked_params()
+    opt = MaskedAdamW(params, backend="cpu", mask_source=lambda p: masks.get(id(p)), **STEP_ADAMW_HYPER)
     twin, twin_masks = _twin(params, masks)
-    other = MaskedAdamW(twin, backend="cpu", mask_source=lambda p: twin_masks.get(id(p)), **ADAMW_HYPER)
+    other = MaskedAdamW(twin, backend="cpu", mask_source=lambda p: twin_masks.get(id(p)), **STEP_ADAMW_HYPER)
     gen, twin_gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     for _ in range(3):
-        _set_grads(params, gen)
-        _set_grads(twin, twin_gen)
+        set_grads(params, gen, new_tensors=True)
+        set_grads(twin, twin_gen, new_tensors=True)
         opt.step()
         other.step()
     other.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from disk: the plan must go
     assert not other._cpu_plans
     for _ in range(2):
-        _set_grads(params, gen)
-        _set_grads(twin, twin_gen)
+        set_grads(params, gen, new_tensors=True)
+        set_grads(twin, twin_gen, new_tensors=True)
         opt.step()
         other.step()
     _assert_same(params, twin, opt, other)
     assert [float(other.state[p]["step"]) for p in twin] == [5.0] * len(twin)
 
-    sgd_params, sgd_masks = _setup()
+    sgd_params, sgd_masks = masked_params()
     sgd = MaskedSGD(sgd_params, backend="cpu", mask_source=lambda p: sgd_masks.get(id(p)), lr=0.05)
     for _ in range(2):
-        _set_grads(sgd_params, gen)
+        set_grads(sgd_params, gen, new_tensors=True)
         sgd.step()
     sgd.param_groups[0]["momentum"] = 0.9  # momentum appears: buffers must be created, not assumed
     for _ in range(2):
-        _set_grads(sgd_params, gen)
+        set_grads(sgd_params, gen, new_tensors=True)
         sgd.step()
     assert all(torch.is_tensor(sgd.state[p].get("momentum_buffer")) for p in sgd_params)

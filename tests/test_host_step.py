@@ -20,31 +20,7 @@ import kernels.masked_sgd as sgd_mod
 import kernels.multi_tensor as mt
 from dstrain.optim import MaskedAdamW, MaskedSGD
 from kernels import _runtime
-
-SHAPES = [(6, 5), (6,), (4, 3, 3, 3), (4,), (3, 7), (300,)]
-SGD_HYPER = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
-ADAMW_HYPER = dict(lr=1e-2, weight_decay=0.05)
-
-
-def _setup(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
-    masks = {id(p): torch.rand(p.shape, generator=gen) > 0.5 for p in params if p.dim() > 1}
-    with torch.no_grad():
-        for p in params:
-            if id(p) in masks:
-                p.mul_(masks[id(p)])
-    return params, masks
-
-
-def _set_grads(params, gen, new_tensors: bool):
-    for p in params:
-        g = torch.randn(p.shape, generator=gen)
-        if new_tensors or p.grad is None:
-            p.grad = g
-        else:
-            p.grad.copy_(g)
-
+from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
 
 class _Counter:
     """Wraps a function and counts its calls; binds like a function when set as a method."""
@@ -88,14 +64,14 @@ SYNC_LIKE = ("item", "tolist", "__float__", "__int__", "__bool__")
 CHECKS = ("check_param", "check_like", "check_mask")
 
 
-@pytest.mark.parametrize("cls,hyper", [(MaskedSGD, SGD_HYPER), (MaskedAdamW, ADAMW_HYPER)])
+@pytest.mark.parametrize("cls,hyper", [(MaskedSGD, STEP_SGD_HYPER), (MaskedAdamW, STEP_ADAMW_HYPER)])
 def test_steady_state_step_has_no_per_parameter_host_work(cls, hyper, counters):
-    params, masks = _setup()
+    params, masks = masked_params()
     opt = cls(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **hyper)
     gen = torch.Generator().manual_seed(1)
     with _runtime.stubbed_launches() as launches:
         for _ in range(3):  # plan built (SGD: rebuilt once after its first, buffer-initialising step)
-            _set_grads(params, gen, new_tensors=False)
+            set_grads(params, gen, new_tensors=False)
             opt.step()
         _reset(counters)
         launches.clear()
@@ -107,9 +83,9 @@ def test_steady_state_step_has_no_per_parameter_host_work(cls, hyper, counters):
     assert len(launches) == 4 * 2  # masked weights and dense biases: two launch groups, not six launches
 
 
-@pytest.mark.parametrize("cls,hyper", [(MaskedSGD, SGD_HYPER), (MaskedAdamW, ADAMW_HYPER)])
+@pytest.mark.parametrize("cls,hyper", [(MaskedSGD, STEP_SGD_HYPER), (MaskedAdamW, STEP_ADAMW_HYPER)])
 def test_moved_gradients_patch_one_table_row_and_step_like_torch(cls, hyper, counters):
-    params, masks = _setup()
+    params, masks = masked_params()
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     ref_masks = {id(r): masks[id(p)] for p, r in zip(params, ref_params) if id(p) in masks}
     opt = cls(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **hyper)
@@ -118,8 +94,8 @@ def test_moved_gradients_patch_one_table_row_and_step_like_torch(cls, hyper, cou
     for step in range(5):
         if step == 3:
             _reset(counters)
-        _set_grads(params, gen, new_tensors=True)  # every gradient at a new address, as after set_to_none
-        _set_grads(ref_params, ref_gen, new_tensors=True)
+        set_grads(params, gen, new_tensors=True)  # every gradient at a new address, as after set_to_none
+        set_grads(ref_params, ref_gen, new_tensors=True)
         opt.step()
         ref.step()
     assert counters["build_work_list"].calls == 0, "moved gradients must not rebuild the tables"
@@ -132,11 +108,11 @@ def test_moved_gradients_patch_one_table_row_and_step_like_torch(cls, hyper, cou
 
 
 def test_new_parameter_storage_or_mask_tensor_rebuilds_and_in_place_mask_change_does_not(counters):
-    params, masks = _setup()
-    opt = MaskedSGD(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **SGD_HYPER)
+    params, masks = masked_params()
+    opt = MaskedSGD(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **STEP_SGD_HYPER)
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
-        _set_grads(params, gen, new_tensors=False)
+        set_grads(params, gen, new_tensors=False)
         opt.step()
     _reset(counters)
     with torch.no_grad():
@@ -157,15 +133,15 @@ def test_new_parameter_storage_or_mask_tensor_rebuilds_and_in_place_mask_change_
 
 
 def test_adamw_step_counts_stay_in_torch_format_and_survive_a_state_dict_roundtrip():
-    params, masks = _setup()
-    opt = MaskedAdamW(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **ADAMW_HYPER)
+    params, masks = masked_params()
+    opt = MaskedAdamW(params, backend="triton", mask_source=lambda p: masks.get(id(p)), **STEP_ADAMW_HYPER)
     twin_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     twin_masks = {id(t): masks[id(p)] for p, t in zip(params, twin_params) if id(p) in masks}
-    twin = MaskedAdamW(twin_params, backend="triton", mask_source=lambda p: twin_masks.get(id(p)), **ADAMW_HYPER)
+    twin = MaskedAdamW(twin_params, backend="triton", mask_source=lambda p: twin_masks.get(id(p)), **STEP_ADAMW_HYPER)
     gen, twin_gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     for _ in range(2):
-        _set_grads(params, gen, new_tensors=False)
-        _set_grads(twin_params, twin_gen, new_tensors=False)
+        set_grads(params, gen, new_tensors=False)
+        set_grads(twin_params, twin_gen, new_tensors=False)
         opt.step()
         twin.step()
     state = opt.state[params[0]]
@@ -174,8 +150,8 @@ def test_adamw_step_counts_stay_in_torch_format_and_survive_a_state_dict_roundtr
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
     assert not twin._plans
     for _ in range(2):
-        _set_grads(params, gen, new_tensors=False)
-        _set_grads(twin_params, twin_gen, new_tensors=False)
+        set_grads(params, gen, new_tensors=False)
+        set_grads(twin_params, twin_gen, new_tensors=False)
         opt.step()
         twin.step()
     for a, b in zip(params, twin_params):
