@@ -116,6 +116,40 @@ bool flat_ok(const at::Tensor& p, std::initializer_list<const at::Tensor*> other
   return true;
 }
 
+// One optimizer state tensor of a parameter, with the argument name its errors use.
+struct StateArg {
+  const at::Tensor* t;
+  const char* name;
+};
+
+// Checks parameter i with its gradient, state tensors and mask (in that order), then fills
+// the View fields every optimizer shares.  False: nothing for the kernel to do; a layout
+// it cannot address flat is also appended to ``skipped`` for the caller's reference path.
+bool prepare_view(int64_t i, const at::Tensor& p, const at::Tensor& g, const std::optional<at::Tensor>& m,
+                  StateArg s0, StateArg s1, std::vector<int64_t>& skipped, View& v) {
+  check_param(p, i);
+  check_grad(g, p, i);
+  for (const StateArg& s : {s0, s1}) {
+    if (s.t != nullptr) check_state(*s.t, p, s.name, i);
+  }
+  const MaskKind mk = check_mask(m, p, i);
+  const at::Tensor* mask_t = (mk == MaskKind::kByte) ? &*m : nullptr;
+  if (!flat_ok(p, {&g, s0.t, s1.t, mask_t}, mk)) {
+    skipped.push_back(i);
+    return false;
+  }
+  if (p.numel() == 0) return false;
+  v.p = p.data_ptr<float>();
+  v.g = g.data_ptr();
+  v.g_type = g.scalar_type();
+  v.s0 = s0.t != nullptr ? s0.t->data_ptr<float>() : nullptr;
+  v.s1 = s1.t != nullptr ? s1.t->data_ptr<float>() : nullptr;
+  v.mask = mk == MaskKind::kDense ? nullptr : m->data_ptr();
+  v.mask_kind = mk;
+  v.numel = p.numel();
+  return true;
+}
+
 std::vector<Item> work_items(const std::vector<View>& views) {
   std::vector<Item> items;
   for (size_t v = 0; v < views.size(); ++v) {
@@ -253,28 +287,12 @@ std::vector<int64_t> masked_sgd_cpu(at::TensorList params, at::TensorList grads,
   std::vector<int64_t> skipped;
   views.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    check_param(p, i);
-    check_grad(grads[i], p, i);
-    if (has_momentum) check_state(bufs[i], p, "momentum_buffers", i);
-    std::optional<at::Tensor> m = masks.get(i);
-    MaskKind mk = check_mask(m, p, i);
-    const at::Tensor* mask_t = (mk == MaskKind::kByte) ? &*m : nullptr;
-    if (!flat_ok(p, {&grads[i], has_momentum ? &bufs[i] : nullptr, mask_t}, mk)) {
-      skipped.push_back(i);
-      continue;
-    }
-    if (p.numel() == 0) continue;
     View v;
-    v.p = p.data_ptr<float>();
-    v.g = grads[i].data_ptr();
-    v.g_type = grads[i].scalar_type();
-    v.s0 = has_momentum ? bufs[i].data_ptr<float>() : nullptr;
-    v.mask = mk == MaskKind::kDense ? nullptr : m->data_ptr();
-    v.mask_kind = mk;
-    v.numel = p.numel();
-    v.first = has_momentum && first.get(i);
-    views.push_back(v);
+    if (prepare_view(i, params[i], grads[i], masks.get(i), {has_momentum ? &bufs[i] : nullptr, "momentum_buffers"},
+                     {nullptr, nullptr}, skipped, v)) {
+      v.first = has_momentum && first.get(i);
+      views.push_back(v);
+    }
   }
   // Scalars rounded to fp32 as torch rounds a Python float for an fp32 tensor op.
   const SgdScalars s{static_cast<float>(-lr), static_cast<float>(momentum), static_cast<float>(1.0 - dampening),
@@ -365,31 +383,13 @@ std::vector<int64_t> masked_adamw_cpu(at::TensorList params, at::TensorList grad
   std::vector<int64_t> skipped;
   views.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    check_param(p, i);
-    check_grad(grads[i], p, i);
-    check_state(exp_avgs[i], p, "exp_avgs", i);
-    check_state(exp_avg_sqs[i], p, "exp_avg_sqs", i);
-    std::optional<at::Tensor> m = masks.get(i);
-    MaskKind mk = check_mask(m, p, i);
-    const at::Tensor* mask_t = (mk == MaskKind::kByte) ? &*m : nullptr;
-    if (!flat_ok(p, {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], mask_t}, mk)) {
-      skipped.push_back(i);
-      continue;
-    }
-    if (p.numel() == 0) continue;
     View v;
-    v.p = p.data_ptr<float>();
-    v.g = grads[i].data_ptr();
-    v.g_type = grads[i].scalar_type();
-    v.s0 = exp_avgs[i].data_ptr<float>();
-    v.s1 = exp_avg_sqs[i].data_ptr<float>();
-    v.mask = mk == MaskKind::kDense ? nullptr : m->data_ptr();
-    v.mask_kind = mk;
-    v.numel = p.numel();
-    v.a = static_cast<float>(neg_step_sizes[i]);
-    v.b = static_cast<float>(bc2_sqrts[i]);
-    views.push_back(v);
+    if (prepare_view(i, params[i], grads[i], masks.get(i), {&exp_avgs[i], "exp_avgs"},
+                     {&exp_avg_sqs[i], "exp_avg_sqs"}, skipped, v)) {
+      v.a = static_cast<float>(neg_step_sizes[i]);
+      v.b = static_cast<float>(bc2_sqrts[i]);
+      views.push_back(v);
+    }
   }
   const float w = static_cast<float>(1.0 - beta1);  // lerp's weight, as torch rounds it
   const bool lerp_small = std::abs(w) < 0.5f;
