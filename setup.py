@@ -32,7 +32,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text() if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["dstrain", "dstrain.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["dstrain", "dstrain.*"]),
     # the C++ source of backend='cpu', compiled on first use (dstrain/optim/cpu_kernels.py)
     package_data={"dstrain.optim": ["csrc/*.cpp"]},
     install_requires=REQUIRES,

@@ -12,7 +12,7 @@ import os
 
 SMOKE = os.environ.get("DSTRAIN_BENCH_SMOKE", "0") == "1"
 if SMOKE:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports dstrain.kernels
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

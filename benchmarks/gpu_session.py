@@ -18,7 +18,7 @@ threshold selection; one pytest run and one JSON per file, so a timeout costs on
 with their Markdown tables.
 Part 2 (<= 5 min): ResNet50 ZeRO-2/bf16 end-to-end throughput, dense vs a fixed 90 % mask
 (``recipes/bench/``), read from ``<runs>/<run>/<recipe name>/result.json``, table in
-``throughput.md``; then the sm_XX compiled-code table (``kernels.aot``), last because part 1
+``throughput.md``; then the sm_XX compiled-code table (``dstrain.kernels.aot``), last because part 1
 has the least slack (Triton autotunes every benchmarked variant there).
 
 ``--dry-run`` runs the same steps on a CPU machine with the device image's software
@@ -158,7 +158,7 @@ for mod in ("deepspeed", "pydantic", "pydantic_core", "hjson", "torchvision", "t
     m = importlib.import_module(mod)
     info[mod] = getattr(m, "__version__", "?")
 failed, optional = [], []
-for pkg in ("dstrain", "kernels"):
+for pkg in ("dstrain",):
     root = importlib.import_module(pkg)
     for mi in pkgutil.walk_packages(root.__path__, pkg + "."):
         try:
@@ -244,7 +244,7 @@ def part2(s: Session, runs_dir: Path) -> None:
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         s.record("throughput_summary", "failed", time.monotonic() - start, "", note=f"{type(exc).__name__}: {exc}")
     # last: the compiled-code table is information, the throughput runs are the measurement
-    s.run("aot", [PY, "-m", "kernels.aot", "--arch", _gpu_arch()], 120, output="aot.md")
+    s.run("aot", [PY, "-m", "dstrain.kernels.aot", "--arch", _gpu_arch()], 120, output="aot.md")
 
 
 def collect_run(out: Path, runs_dir: Path, run: str) -> Optional[Dict]:

@@ -2,7 +2,7 @@
 
 Why its own row: a fused step of BERT-base is ~1 ms of GPU time at copy bandwidth, so
 milliseconds of per-parameter Python in ``step()`` would cap it whatever the kernels
-do.  Here every launch is recorded instead of run (``kernels._runtime.stubbed_launches``),
+do.  Here every launch is recorded instead of run (``dstrain.kernels._runtime.stubbed_launches``),
 so the time is the host work alone and can be measured on any machine, CPU included:
 
     DSTRAIN_BENCH_DEVICE=cpu python3 -m pytest benchmarks/test_bench_host.py --benchmark-only
@@ -14,7 +14,7 @@ Rows, per parameter set (ResNet50: 161 tensors, BERT-base: 199; 90% masks on wei
   allocator hands the same blocks back);
 * ``optimizer_step_moving_grads``: the same with every gradient at a new address each
   step (the plan rewrites the gradient table row);
-* ``functional_call``: ``kernels.fused_masked_*`` called directly, which checks every
+* ``functional_call``: ``dstrain.kernels.fused_masked_*`` called directly, which checks every
   argument and groups the tensors on each call: the host cost every step paid before
   the optimizers kept a plan.
 
@@ -27,7 +27,7 @@ import torch
 
 from common import DEVICE, ROUNDS, cuda_name, make_masks, model_shapes
 from dstrain.optim import MaskedAdamW, MaskedSGD
-from kernels import _runtime
+from dstrain.kernels import _runtime
 
 HYPER = {"sgd": dict(lr=0.1, momentum=0.9, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.01)}
 HOST_ROUNDS = max(ROUNDS, 200)
@@ -58,7 +58,7 @@ def _optimizer_step(optimizer, params, masks, moving: bool):
 
 
 def _functional_call(optimizer, params, masks):
-    import kernels
+    from dstrain import kernels
 
     grads = [p.grad for p in params]
     if optimizer == "sgd":

@@ -80,7 +80,7 @@ def _unfused_masked_step(optimizer: str, params, masks) -> Callable[[], None]:
 def _masked_optimizer_step(backend: str, bitmask: bool = False):
     def build(optimizer: str, params, masks) -> Callable[[], None]:
         if bitmask:
-            from kernels import pack_mask
+            from dstrain.kernels import pack_mask
 
             masks = [None if m is None else pack_mask(m) for m in masks]
         by_id = {id(p): m for p, m in zip(params, masks)}

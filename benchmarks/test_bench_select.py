@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common import ROUNDS, cuda_name, make_params, median_seconds, model_shapes, record, synced
-from kernels import kth_smallest_abs
+from dstrain.kernels import kth_smallest_abs
 
 _BASELINE_S: Dict[str, float] = {}
 

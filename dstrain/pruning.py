@@ -26,13 +26,13 @@ def torch_kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> float:
 
 
 def default_selector(tensors: Sequence[Tensor]) -> KthSelector:
-    """Radix select (:func:`kernels.kth_smallest_abs`): Triton on CUDA, the same algorithm in torch elsewhere.
+    """Radix select (:func:`dstrain.kernels.kth_smallest_abs`): Triton on CUDA, the same algorithm in torch elsewhere.
 
     Exact like kthvalue, but it neither concatenates nor sorts: 1.3-1.6x faster than
     torch.kthvalue on the CPU for ResNet50/BERT-base-sized models (benchmarks/), and
     kthvalue is far slower still on GPU (see README).
     """
-    from kernels import kth_smallest_abs
+    from dstrain.kernels import kth_smallest_abs
 
     return kth_smallest_abs
 

@@ -1,7 +1,7 @@
 """Test-wide settings.
 
 TRITON_INTERPRET must be set before Triton compiles any @triton.jit function, so it is
-set here, ahead of every import of :mod:`kernels`; CI has no GPU.  One torch thread:
+set here, ahead of every import of :mod:`dstrain.kernels`; CI has no GPU.  One torch thread:
 the tests' models are tiny, and on a 2-core machine shared with subprocess workers
 extra threads only contend.  A per-checkout extensions folder keeps DeepSpeed's CPU
 communication op from being rebuilt by every other checkout's venv.

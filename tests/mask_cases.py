@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import torch
 
-from kernels import pack_mask
+from dstrain.kernels import pack_mask
 
 
 #: SGD settings every fused step must match the reference on: plain, decay, momentum,

@@ -87,7 +87,7 @@ def test_steady_state_step_has_no_per_parameter_tensor_calls(cls, hyper, monkeyp
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    import kernels.bitmask as bitmask
+    import dstrain.kernels.bitmask as bitmask
 
     original_storage = bitmask.mask_storage
 

@@ -15,11 +15,11 @@ import copy
 import pytest
 import torch
 
-import kernels.masked_adamw as adamw_mod
-import kernels.masked_sgd as sgd_mod
-import kernels.multi_tensor as mt
+import dstrain.kernels.masked_adamw as adamw_mod
+import dstrain.kernels.masked_sgd as sgd_mod
+import dstrain.kernels.multi_tensor as mt
 from dstrain.optim import MaskedAdamW, MaskedSGD
-from kernels import _runtime
+from dstrain.kernels import _runtime
 from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
 
 class _Counter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import BitMask, pack_mask, unpack_mask
+from dstrain.kernels import BitMask, pack_mask, unpack_mask
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (31,), (32,), (33,), (3, 5, 7), (64, 2)])

@@ -5,7 +5,7 @@ see: every kernel variant lowers all the way to an sm_80/sm_90 cubin with the
 Triton this project installs, and the full blocks of 16-byte-aligned tensors
 compile to 128-bit loads and stores (the unaligned variant, which must stay
 correct for views into DeepSpeed's flat buffers, to none).  Runs
-``python -m kernels.aot --json`` in a subprocess, since conftest turns the
+``python -m dstrain.kernels.aot --json`` in a subprocess, since conftest turns the
 interpreter on for this process.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ FP32_STREAMS = {"sgd": (3, 2), "adamw": (4, 3), "hist": (1, 0)}
 def _compile(*args: str) -> List[Dict]:
     env = subprocess_env()
     env.pop("TRITON_INTERPRET", None)
-    out = subprocess.run([sys.executable, "-m", "kernels.aot", "--json", *args], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "dstrain.kernels.aot", "--json", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from dstrain import kernels
 from dstrain.pruning import _masks_below_threshold, torch_kth_smallest_abs
-from kernels import kth_smallest_abs, kth_smallest_abs_torch, kth_smallest_abs_triton
+from dstrain.kernels import kth_smallest_abs, kth_smallest_abs_torch, kth_smallest_abs_triton
 
 SELECTORS = {"dispatch": kth_smallest_abs, "torch": kth_smallest_abs_torch, "triton": kth_smallest_abs_triton}
 

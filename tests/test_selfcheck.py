@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from dstrain import kernels
 from dstrain import cli
 from dstrain.optim import selfcheck
 from dstrain.optim.functional import masked_sgd
@@ -35,7 +35,7 @@ def test_selfcheck_quick_launches_every_kernel_variant(monkeypatch):
     Launches are only recorded here (the numbers of the quick cases are a subset of the
     full run's, checked above), so this costs a fraction of a second.
     """
-    from kernels import _runtime
+    from dstrain.kernels import _runtime
 
     monkeypatch.setattr(selfcheck, "run_select_case", lambda device: selfcheck.CaseResult("select", 0.0, True, 0, True))
     with _runtime.stubbed_launches():
@@ -81,7 +81,7 @@ def test_selfcheck_compiled_on_cuda():
 
 def test_selfcheck_says_when_it_cannot_run_here(monkeypatch, capsys):
     """No GPU and no interpreter: exit 3 (not 1, which means the kernels disagree)."""
-    import kernels._runtime as runtime
+    import dstrain.kernels._runtime as runtime
 
     monkeypatch.setattr(runtime, "INTERPRET", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

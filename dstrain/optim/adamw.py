@@ -87,7 +87,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         return (group["betas"][0], group["maximize"])
 
     def _build_plan(self, group, params, grads, masks):
-        from kernels.masked_adamw import AdamWPlan
+        from dstrain.kernels.masked_adamw import AdamWPlan
 
         states = [self._init_state(p) for p in params]
         return AdamWPlan(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], masks,

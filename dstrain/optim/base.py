@@ -196,7 +196,7 @@ class MaskedOptimizerMixin:
             return "torch"
         if params[0].is_cuda:
             if all(p.is_contiguous() for p in params):
-                from kernels import triton_available
+                from dstrain.kernels import triton_available
 
                 if triton_available():
                     return "triton"

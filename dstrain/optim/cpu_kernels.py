@@ -31,7 +31,7 @@ back to the reference.  Threads: torch's intra-op pool (``at::parallel_for``, i.
 parallel region per step over 64K-element work items.
 
 Same contracts as the reference and as :mod:`kernels` (bool/uint8 masks or packed
-:class:`~kernels.bitmask.BitMask`, fp32 params with fp32/bf16/fp16 grads, pruned
+:class:`~dstrain.kernels.bitmask.BitMask`, fp32 params with fp32/bf16/fp16 grads, pruned
 entries written as +0.0 in the parameter and every state buffer).  Tensors laid out
 so that flat addressing would be wrong (a parameter that is not dense, a gradient or
 state with other strides than its parameter, a bit mask on a non-contiguous
@@ -139,14 +139,14 @@ def available() -> bool:
 
 
 def _mask_tensors(masks: Sequence) -> List[Optional[Tensor]]:
-    from kernels.bitmask import mask_storage
+    from dstrain.kernels.bitmask import mask_storage
 
     return [mask_storage(m) for m in masks]
 
 
 def _bool_mask(mask) -> Optional[Tensor]:
     """The reference takes bool masks: unpack a BitMask, view uint8 as bool."""
-    from kernels.bitmask import BitMask, unpack_mask
+    from dstrain.kernels.bitmask import BitMask, unpack_mask
 
     if mask is None:
         return None

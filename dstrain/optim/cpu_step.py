@@ -27,7 +27,7 @@ class CpuPlan(PreparedGroup):
 
     def __init__(self, params: List[Tensor], masks: Optional[List[Any]], present: List[int],
                  counters: Optional[StepCounters], snapshot: StateSnapshot, flags_key: tuple) -> None:
-        from kernels.bitmask import mask_storage
+        from dstrain.kernels.bitmask import mask_storage
 
         super().__init__(params, masks, present, flags_key)
         self.stepped = [params[i] for i in present]

@@ -8,7 +8,7 @@ fused kernel do the whole thing in one pass, and it is why a pruned weight can
 never be revived by stale momentum: its momentum is zero too.
 
 ``masks[i] is None`` means "dense" for that tensor (not prunable, or a
-decompressed phase).  The Triton kernels in :mod:`kernels` must reproduce these
+decompressed phase).  The Triton kernels in :mod:`dstrain.kernels` must reproduce these
 functions to fp32 rounding.
 """
 from __future__ import annotations

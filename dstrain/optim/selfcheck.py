@@ -11,7 +11,7 @@ pruned entry non-zero (the kernels are wrong here); 3 the check cannot run here 
 GPU and no TRITON_INTERPRET=1), which says nothing about the kernels.
 
 Every case runs several steps from identical starting tensors through
-``kernels.fused_masked_*`` and through :mod:`dstrain.optim.functional`, covering fp32
+``dstrain.kernels.fused_masked_*`` and through :mod:`dstrain.optim.functional`, covering fp32
 and bf16 gradients, byte/bit/absent masks, all-pruned tensors, tensors that span
 several chunks, and views at odd offsets into one flat buffer (DeepSpeed's layout).
 The first step of each case is also the autotuner's first sight of that size, so a
@@ -60,7 +60,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_CANNOT_RUN = 0, 1, 3
 
 def _device() -> Optional[torch.device]:
     """The device to check on, or None where the kernels cannot run at all."""
-    import kernels._runtime as runtime
+    import dstrain.kernels._runtime as runtime
 
     if runtime.INTERPRET:
         return torch.device("cpu")
@@ -90,7 +90,7 @@ def flat_views(shapes: Sequence[Tuple[int, ...]], device: torch.device, gen: tor
 
 def _masks(shapes, fmt: str, gen: torch.Generator, device: torch.device) -> Tuple[list, list]:
     """(reference bool masks, the same masks in ``fmt`` for the kernel); first tensor all pruned."""
-    from kernels import pack_mask
+    from dstrain.kernels import pack_mask
 
     if fmt == "none":
         return [None] * len(shapes), [None] * len(shapes)
@@ -118,7 +118,7 @@ def _compare(name: str, got: Sequence[Optional[Tensor]], want: Sequence[Optional
 
 
 def _run_sgd(params, ref_params, grads_per_step, kmasks, masks) -> Tuple[list, list]:
-    import kernels
+    from dstrain import kernels
 
     bufs: List[Optional[Tensor]] = [None] * len(params)
     ref_bufs: List[Optional[Tensor]] = [None] * len(params)
@@ -129,7 +129,7 @@ def _run_sgd(params, ref_params, grads_per_step, kmasks, masks) -> Tuple[list, l
 
 
 def _run_adamw(params, ref_params, grads_per_step, kmasks, masks) -> Tuple[list, list]:
-    import kernels
+    from dstrain import kernels
 
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
@@ -163,7 +163,7 @@ def run_optimizer_case(optimizer: str, grad_dtype: torch.dtype, fmt: str, layout
 
 def run_select_case(device: torch.device, seed: int = 0) -> CaseResult:
     """Radix-select threshold vs ``torch.kthvalue`` over the concatenated magnitudes (must be exact)."""
-    from kernels import kth_smallest_abs_triton
+    from dstrain.kernels import kth_smallest_abs_triton
 
     gen = torch.Generator().manual_seed(seed)
     tensors = [torch.randint(-6, 7, (37,), generator=gen).float() * 0.25, torch.zeros(3)]
@@ -203,7 +203,7 @@ def quick_cases() -> List[Tuple[str, torch.dtype, str, str]]:
 
 def expected_variants() -> set:
     """(kernel, GRAD_KIND, MASK_KIND, ALIGNED) for every compiled variant the optimizers use."""
-    from kernels._tl import GRAD_KINDS
+    from dstrain.kernels._tl import GRAD_KINDS
 
     return {(o, GRAD_KINDS[g], m, a) for o in OPTIMIZERS for g in GRAD_DTYPES for m in (0, 1, 2) for a in (True, False)}
 
@@ -217,7 +217,7 @@ def run_all(device: torch.device, report: Callable[[CaseResult], None] = lambda 
             quick: bool = False) -> List[CaseResult]:
     """Every case (or the quick set), then the radix select; with ``quick``, a last result
     says whether every kernel variant was launched."""
-    from kernels import _runtime
+    from dstrain.kernels import _runtime
 
     results = []
     with _runtime.logged_launches() as launches:
@@ -253,9 +253,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="every kernel variant once, one block config each (under a minute on a GPU)")
     args = parser.parse_args(argv)
     if args.quick:
-        if "kernels._runtime" not in sys.modules:
+        if "dstrain.kernels._runtime" not in sys.modules:
             os.environ.setdefault("DSTRAIN_AUTOTUNE", "0")  # read when kernels is first imported
-        elif sys.modules["kernels._runtime"].AUTOTUNE and not sys.modules["kernels._runtime"].INTERPRET:
+        elif sys.modules["dstrain.kernels._runtime"].AUTOTUNE and not sys.modules["dstrain.kernels._runtime"].INTERPRET:
             print("note: kernels were imported before --quick could turn autotuning off; autotuning stays on")
     device = _device()
     if device is None:

@@ -73,7 +73,7 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
         return (group["momentum"] != 0, group["nesterov"], group["weight_decay"] != 0, group["maximize"])
 
     def _build_plan(self, group, params, grads, masks):
-        from kernels.masked_sgd import SGDPlan
+        from dstrain.kernels.masked_sgd import SGDPlan
 
         bufs = [self.state[p].get("momentum_buffer") for p in params]
         plan = SGDPlan(params, grads, bufs, masks, momentum=group["momentum"], nesterov=group["nesterov"],

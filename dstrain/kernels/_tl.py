@@ -8,7 +8,7 @@ kernels therefore walk each chunk in full blocks loaded *without* a mask, then o
 masked tail block, and tell the compiler what the host has checked: the block
 offset is a multiple of 16 elements (chunks start at multiples of CHUNK, a multiple
 of BLOCK) and, when ``ALIGNED``, every base address is a multiple of 16 bytes
-(:func:`kernels.multi_tensor.is_aligned`).  With both, full blocks compile to
+(:func:`dstrain.kernels.multi_tensor.is_aligned`).  With both, full blocks compile to
 128-bit loads and stores (``tests/test_kernels_compile.py`` checks the PTX).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Exact k-th smallest |w| with Triton histogram kernels, and the public dispatcher.
 
-Same radix-select algorithm as :mod:`kernels.radix_select` (read its docstring for
+Same radix-select algorithm as :mod:`dstrain.kernels.radix_select` (read its docstring for
 why it is exact): one multi-tensor Triton launch per digit pass; each program
 histograms its chunk in registers with ``tl.histogram`` and adds the result to a
 global int32 histogram with one atomic per non-empty bin.  Compiled on CUDA
@@ -51,7 +51,7 @@ def _radix_hist_kernel(work_tid, work_start, numels, x_tab, hist, prefix,
     """Add this work item's histogram of digit ``(bits >> SHIFT) & (2**WIDTH - 1)`` to ``hist``.
 
     With FILTER, only elements whose higher bits equal ``prefix`` are counted.
-    Full blocks are read unmasked, then the tail (see :mod:`kernels._tl`).
+    Full blocks are read unmasked, then the tail (see :mod:`dstrain.kernels._tl`).
     """
     N_BINS: tl.constexpr = 1 << WIDTH
     w = tl.program_id(0)

@@ -148,7 +148,7 @@ def lerp_scalars(beta1: float) -> tuple:
 class AdamWPlan:
     """A masked AdamW step over a fixed list of tensors, with everything but the step's scalars prepared.
 
-    Why: see :class:`kernels.masked_sgd.SGDPlan`.  Per step, :meth:`run` computes the
+    Why: see :class:`dstrain.kernels.masked_sgd.SGDPlan`.  Per step, :meth:`run` computes the
     scalars (decay, bias corrections) once for all tensors when they share a step
     count, as they do in an optimizer whose tensors all get gradients every step;
     only tensors at different counts need the per-tensor tables (built per step).
@@ -193,7 +193,7 @@ class AdamWPlan:
 
     def set_grads(self, params: Sequence[Tensor], grads: Sequence[Tensor], moved: Sequence[int],
                   addresses: Sequence[int]) -> bool:
-        """As :meth:`kernels.masked_sgd.SGDPlan.set_grads`."""
+        """As :meth:`dstrain.kernels.masked_sgd.SGDPlan.set_grads`."""
         from .masked_sgd import _set_grads
 
         return _set_grads(self, params, grads, moved, addresses)
@@ -238,7 +238,7 @@ def fused_masked_adamw(
 
     Same contract as :func:`dstrain.optim.functional.masked_adamw` (``steps[i]``
     counts this step; the moments must already exist, fp32, shaped like the params).
-    Masks: bool/uint8 tensors, :class:`~kernels.bitmask.BitMask`, or ``None`` (dense).
+    Masks: bool/uint8 tensors, :class:`~dstrain.kernels.bitmask.BitMask`, or ``None`` (dense).
     Masked-out elements come out exactly 0 in the parameter and both moments.
 
     ``cuda_order`` picks which torch backend's operation order to reproduce (see the

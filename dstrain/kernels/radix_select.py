@@ -13,7 +13,7 @@ exactly, ties and zeros included (the answer is a value, so ties need no special
 handling; ``-0.0`` and ``+0.0`` both have magnitude bits 0).
 
 This module has no Triton dependency: it is the CPU path and the fallback, and it
-holds the pieces :mod:`kernels.select` (the Triton histogram version) shares.
+holds the pieces :mod:`dstrain.kernels.select` (the Triton histogram version) shares.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ counts the global loads and stores by width in the PTX, plus the registers and
 spills ``cuobjdump`` reports for the cubin.  It measures no speed.
 
 Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``triton.jit``
-at import); ``python -m kernels.aot`` prints the table, ``tests/test_kernels_compile.py``
+at import); ``python -m dstrain.kernels.aot`` prints the table, ``tests/test_kernels_compile.py``
 runs it in a subprocess.
 """
 from __future__ import annotations
@@ -70,8 +70,8 @@ class CompiledStats:
 
 def _jit_function(kernel: str) -> triton.runtime.JITFunction:
     if _runtime.INTERPRET:
-        raise RuntimeError("kernels.aot compiles real GPU code: run it with TRITON_INTERPRET unset "
-                           "(the interpreter replaces triton.jit when kernels is imported)")
+        raise RuntimeError("dstrain.kernels.aot compiles real GPU code: run it with TRITON_INTERPRET unset "
+                           "(the interpreter replaces triton.jit when dstrain.kernels is imported)")
     from . import masked_adamw, masked_sgd, select
     fn = {"sgd": masked_sgd._kernel, "adamw": masked_adamw._kernel, "hist": select._radix_hist_kernel}[kernel]
     return fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn  # the autotuner wraps the JITFunction

@@ -27,7 +27,7 @@ rebuilding the work list.
 
 Works under ``TRITON_INTERPRET=1`` for CPU tensors (the interpreter turns the
 int64 -> pointer cast into a bitcast and dereferences host addresses); see
-:func:`kernels._runtime.check_device`.
+:func:`dstrain.kernels._runtime.check_device`.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ class LaunchGroup:
         """Launch over this group's tables with ``extra`` (per-step scalars/tensors), then the tune bucket.
 
         The first launch for a ``tune_key`` autotunes on scratch copies
-        (:func:`kernels._runtime.launch_tuned`), so the real tensors are stepped exactly once.
+        (:func:`dstrain.kernels._runtime.launch_tuned`), so the real tensors are stepped exactly once.
         """
         def run(scratch: bool) -> None:
             wl = self.wl

@@ -215,7 +215,7 @@ def fused_masked_sgd(
     Same contract as :func:`dstrain.optim.functional.masked_sgd`: updates ``params``
     in place; with ``momentum != 0``, ``None`` entries of ``momentum_buffers`` are
     allocated and written into the list (the first step sets ``buf = grad``).  A mask
-    is a bool/uint8 tensor shaped like its parameter, a :class:`~kernels.bitmask.BitMask`,
+    is a bool/uint8 tensor shaped like its parameter, a :class:`~dstrain.kernels.bitmask.BitMask`,
     or ``None`` (dense).  Masked-out elements come out exactly 0 in the parameter and
     its momentum buffer.  One launch per distinct (device, grad dtype, mask format,
     first-step, 16-byte alignment) combination, usually one or two.  (An optimizer

@@ -12,7 +12,7 @@ Public entry points (used by :mod:`dstrain.optim` and :mod:`dstrain.pruning`):
   accepted by both fused optimizers wherever a bool/uint8 mask is
 
 Each fused optimizer step is one multi-tensor launch per (device, grad dtype, mask
-format) group, not one per parameter (:mod:`kernels.multi_tensor`).  Compiled kernels
+format) group, not one per parameter (:mod:`dstrain.kernels.multi_tensor`).  Compiled kernels
 need CUDA tensors; with ``TRITON_INTERPRET=1`` set before this package is imported
 they run on CPU tensors under the Triton interpreter (how the tests run).
 
@@ -41,7 +41,7 @@ if triton_available():
     from .masked_adamw import fused_masked_adamw
     from .masked_sgd import fused_masked_sgd
     from .select import kth_smallest_abs, kth_smallest_abs_triton
-else:  # pragma: no cover - triton is a dependency; kept so `import kernels` never fails
+else:  # pragma: no cover - triton is a dependency; kept so importing dstrain.kernels never fails
     kth_smallest_abs = kth_smallest_abs_torch
 
     def fused_masked_sgd(*args, **kwargs):
