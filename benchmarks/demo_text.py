@@ -9,7 +9,7 @@ Task: tell a fortune from the ``computers`` file from one from the ``science`` f
 balanced, real texts; attribution lines starting with "--" are removed so that the author's
 name does not give the answer away). The set is written as a GLUE-layout single-sentence
 folder (``SST-2/train.tsv``, ``dev.tsv``: ``sentence<TAB>label``) and trained through dstrain's
-GLUE task and :class:`~dstrain.trainer.SparseTrainer` exactly as a real GLUE run would be.
+GLUE task and :class:`~dstrain.run.trainer.SparseTrainer` exactly as a real GLUE run would be.
 
 Runs: dense fine-tuning (also the teacher), GMP to 90% without KD, GMP to 90% with KD from
 the dense model, and with ``--extended`` the KD run at twice the length. Results go to

@@ -7,7 +7,7 @@ Each model is built with random weights (seeded; no download): the size of eithe
 only on the tensor shapes, the dtype and how many weights are zero, not on the values.  Prunable
 weights are those the shipped recipes prune (ResNet50: every conv and fc, recipes/resnet50/;
 BERT-base: the encoder's Linear weights, recipes/bert/), pruned to 90/95/98 % by global magnitude
-(:meth:`MaskRegistry.update`) and to 2:4 (:mod:`dstrain.nm`).  Both files are written to a
+(:meth:`MaskRegistry.update`) and to 2:4 (:mod:`dstrain.sparsity.nm`).  Both files are written to a
 temporary folder and measured with ``os.path.getsize``.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dstrain.export import save_compressed  # noqa: E402
-from dstrain.masks import MaskRegistry, PrunableSelection  # noqa: E402
-from dstrain.nm import update_registry_nm  # noqa: E402
+from dstrain.export.formats import save_compressed  # noqa: E402
+from dstrain.sparsity.registry import MaskRegistry, PrunableSelection  # noqa: E402
+from dstrain.sparsity.magnitude import global_magnitude_masks  # noqa: E402
+from dstrain.sparsity.nm import nm_masks  # noqa: E402
 
 SETTINGS = ("dense", "90%", "95%", "98%", "2:4")
 
@@ -64,9 +65,10 @@ def measure(build: Callable[[], Tuple[nn.Module, PrunableSelection]], settings: 
         model, selection = build()
         registry = MaskRegistry(model, selection)
         if setting == "2:4":
-            update_registry_nm(registry, 0.5, (2, 4))
+            registry.set_masks(nm_masks([registry.params[n] for n in registry.names()], 0.5, (2, 4)))
         elif setting != "dense":
-            registry.update(float(setting.rstrip("%")) / 100, "global")
+            registry.set_masks(global_magnitude_masks([registry.params[n] for n in registry.names()],
+                                                      float(setting.rstrip("%")) / 100))
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
             save_file(state, os.path.join(tmp, "dense.safetensors"))

@@ -203,7 +203,7 @@ def _gpu_arch() -> str:
 def part1(s: Session) -> None:
     check_environment(s)
     interp = {"TRITON_INTERPRET": "1"} if s.dry_run else {}
-    s.run("selfcheck", [PY, "-m", "dstrain.optim.selfcheck", "--quick"], 150, env=interp)
+    s.run("selfcheck", [PY, "-m", "dstrain.cli.selfcheck", "--quick"], 150, env=interp)
     bench_env = {"DSTRAIN_BENCH_SMOKE": "1"} if s.dry_run else {}
     for name in BENCH_FILES:
         stem = name[len("test_"):-len(".py")]

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from dstrain.obert import BlockFisherInverse, BlockLayout, fisher_bytes
-from dstrain.pruning import _masks_below_threshold, default_selector, num_to_prune
+from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
+from dstrain.sparsity.magnitude import _masks_below_threshold, default_selector, num_to_prune
 
 NUMELS = [768 * 768] * 48 + [768 * 3072] * 24
 

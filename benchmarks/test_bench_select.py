@@ -5,7 +5,7 @@ elements.  topk and kthvalue need the magnitudes concatenated into one tensor (t
 concatenation is part of their timed step, as it would be in practice);
 kth_smallest_abs reads the tensors in place.  Effective GB/s counts one fp32 read
 of every weight.  The speed-up column is against ``kthvalue`` (the reference
-selector in dstrain.pruning).
+selector in dstrain.sparsity.magnitude).
 """
 from __future__ import annotations
 

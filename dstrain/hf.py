@@ -22,9 +22,9 @@ recipes without switching trainers — an optimizer, a scheduler and a callback 
 
 Division of labour: HF runs forward/backward/clipping/``optimizer.step()``; the masked
 optimizer keeps pruned weights (and their moments) at exactly zero inside that step; the
-recipe's clock (:class:`~dstrain.controller.SparsityController`) advances in the callback's
+recipe's clock (:class:`~dstrain.sparsity.controller.SparsityController`) advances in the callback's
 ``on_step_end`` — after every applied optimizer step, as DeepSpeed's scheduler hook does in
-:class:`~dstrain.trainer.SparseTrainer` — and the next step's masks, phase and LR are set in
+:class:`~dstrain.run.trainer.SparseTrainer` — and the next step's masks, phase and LR are set in
 ``on_step_begin``, right before its forward pass (``SparsityController.begin_step``, as the
 SparseTrainer loop does), so HF's logging, evaluation and checkpoints in between see the
 model as trained. HF's own LR schedule is replaced by :class:`RecipeLRScheduler`, which changes nothing and
@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Union
 
 from torch import nn
 
-# export lives below hf/tasks/trainer (dstrain/export.py); re-exported here for existing callers
-from .export import SPARSITY_REPORT, count_zeros_in_safetensors, export_sparse_model, unwrap_model  # noqa: F401
+# export lives below hf/tasks/trainer (dstrain/export/formats.py); re-exported here for existing callers
+from dstrain.export.formats import SPARSITY_REPORT, count_zeros_in_safetensors, export_sparse_model, unwrap_model  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .controller import SparsityController
-    from .masks import MaskRegistry
-    from .pruning import KthSelector
-    from .recipe import Recipe
+    from dstrain.sparsity.controller import SparsityController
+    from dstrain.sparsity.registry import MaskRegistry
+    from dstrain.sparsity.magnitude import KthSelector
+    from dstrain.recipe import Recipe
 
 __all__ = ["unwrap_model", "export_sparse_model", "count_zeros_in_safetensors", "prepare_hf_sparse_training",
            "HFSparseTraining", "RecipeLRScheduler", "DstrainRecipeCallback"]
@@ -103,14 +103,14 @@ def _unwrap_scheduler(scheduler: Any) -> Any:
 
 
 class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
-    """Drives a :class:`~dstrain.controller.SparsityController` from ``transformers.Trainer``.
+    """Drives a :class:`~dstrain.sparsity.controller.SparsityController` from ``transformers.Trainer``.
 
     Hook choice (transformers 5.x ``Trainer._run_epoch``): ``on_step_end`` fires once per
     optimizer step, after ``optimizer.step()``, the scheduler's ``step()`` and
     ``zero_grad`` — the same point at which DeepSpeed steps the controller in
-    :class:`~dstrain.trainer.SparseTrainer` — and advances the recipe's clock there.
+    :class:`~dstrain.run.trainer.SparseTrainer` — and advances the recipe's clock there.
     ``on_step_begin`` fires once per optimizer step before its first micro-batch's forward
-    pass; :meth:`~dstrain.controller.SparsityController.begin_step` there recomputes the
+    pass; :meth:`~dstrain.sparsity.controller.SparsityController.begin_step` there recomputes the
     masks when the recipe says so (zeroing the newly pruned weights), switches the
     compressed/dense phase and sets the LR, exactly where SparseTrainer calls it. Build it
     with :func:`prepare_hf_sparse_training`.
@@ -128,7 +128,7 @@ class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
         return self.controller.registry
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from .errors import ConfigError
+        from dstrain.errors import ConfigError
 
         ctl, recipe = self.controller, self.controller.recipe
         if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
@@ -210,18 +210,19 @@ def prepare_hf_sparse_training(
     Trainer's total batch and ``steps_per_epoch`` the Trainer's optimizer steps per epoch
     (``len(train_set) // batch_size`` with ``dataloader_drop_last=True``); both are checked
     when training starts. Distillation is not run by HF's loss, so a recipe with a
-    ``distillation`` section is refused (use :class:`~dstrain.trainer.SparseTrainer`, or drop
+    ``distillation`` section is refused (use :class:`~dstrain.run.trainer.SparseTrainer`, or drop
     the section and add :func:`dstrain.distill.distillation_loss` in ``Trainer.compute_loss``).
 
     Call it with the model on the device it will train on if you can; masks built on
     another device are moved when training starts. The controller's constructor already
     applies step 0 of the recipe (e.g. a ``constant`` schedule prunes here).
     """
-    from .controller import SparsityController
-    from .errors import ConfigError
-    from .masks import MaskRegistry
-    from .recipe import Recipe, load_recipe
-    from .trainer import build_optimizer
+    from dstrain.errors import ConfigError
+    from dstrain.optim.factory import build_optimizer
+    from dstrain.recipe import Recipe, load_recipe
+    from dstrain.sparsity.controller import SparsityController
+    from dstrain.sparsity.criterion import build_criterion
+    from dstrain.sparsity.registry import MaskRegistry, PrunableSelection
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -233,9 +234,10 @@ def prepare_hf_sparse_training(
         raise ConfigError("steps_per_epoch", f"{steps_per_epoch} must be >= 1",
                           "pass len(train_set) // batch_size")
     model = unwrap_model(model)
-    registry = MaskRegistry(model, recipe.pruning.selection())
+    registry = MaskRegistry(model, PrunableSelection.from_pruning(recipe.pruning))
     optimizer = build_optimizer(model, recipe)
     optimizer.set_mask_source(registry.mask_for)
-    controller = SparsityController(recipe, registry, optimizer, int(steps_per_epoch), selector=selector)
+    criterion = build_criterion(recipe.pruning, registry, selector=selector)
+    controller = SparsityController(recipe, registry, optimizer, int(steps_per_epoch), criterion=criterion)
     scheduler = RecipeLRScheduler(controller)
     return HFSparseTraining(optimizer, scheduler, DstrainRecipeCallback(controller, scheduler))

@@ -25,7 +25,7 @@ class CollectiveCounter:
     def __init__(self) -> None:
         import torch.distributed as dist
 
-        from dstrain.masks import MaskRegistry
+        from dstrain.sparsity.registry import MaskRegistry
 
         self.inside, self.count, self.updates = False, 0, 0
         for name in self.NAMES:
@@ -42,7 +42,7 @@ class CollectiveCounter:
 
         MaskRegistry.update = counted_update
 
-        from dstrain.obert_pruner import ObertPruner
+        from dstrain.sparsity.obert import ObertPruner
 
         self.obert_count, self.obert_updates = 0, 0
         obert_update = ObertPruner.update

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dstrain.optim import MaskedAdamW, MaskedSGD
-from dstrain.pruning import global_magnitude_masks, layerwise_magnitude_masks, torch_kth_smallest_abs
+from dstrain.sparsity.magnitude import global_magnitude_masks, layerwise_magnitude_masks, torch_kth_smallest_abs
 from helpers import run, tiny_recipe, weights_and_masks
 
 REPO = Path(__file__).resolve().parent.parent

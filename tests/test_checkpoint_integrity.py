@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from dstrain import ConfigError
-from dstrain import checkpoint as ckpt
+from dstrain.run import checkpoints as ckpt
 from dstrain.cli import main as cli_main
-from dstrain.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint
-from dstrain.resume import SAFE_TO_CHANGE, recipe_differences
+from dstrain.run.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint
+from dstrain.run.resume import SAFE_TO_CHANGE, recipe_differences
 from helpers import run, tiny_recipe, weights_and_masks
 
 MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -177,7 +177,7 @@ def test_zero2_optimizer_shards_are_in_the_manifest(tmp_path):
 
 def test_masks_rewritten_with_a_regenerated_manifest_are_still_refused(stopped_run, tmp_path):
     """Defence in depth: the manifest records the mask sparsity, checked after loading."""
-    from dstrain.manifest import read_manifest, write_manifest
+    from dstrain.run.manifest import read_manifest, write_manifest
 
     out = _copy(stopped_run, tmp_path)
     newest = out / "checkpoints" / ckpt.tag_for(16)

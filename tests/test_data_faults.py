@@ -6,7 +6,7 @@ import pytest
 
 from dstrain import ConfigError, build_task, parse_recipe
 from dstrain.data.glue import load_glue
-from dstrain.data.imagefolder import make_tiny_imagefolder
+from dstrain.testing.images import make_tiny_imagefolder
 from helpers import run
 
 SIZE = 16
@@ -87,7 +87,7 @@ def test_skipped_count_of_a_partial_epoch_survives_a_resume(tmp_path):
     """metrics.jsonl after a mid-epoch resume equals the uninterrupted run's, skipped_images included."""
     import torch
 
-    from dstrain import checkpoint as ckpt
+    from dstrain.run import checkpoints as ckpt
 
     root = _folder(tmp_path)
     for i, path in enumerate(sorted((root / "train").rglob("*.*"))[::4]):  # 6 of 24 unreadable

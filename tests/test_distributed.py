@@ -117,7 +117,7 @@ OBERT = {"pruning.criterion": "obert",
 @pytest.fixture(scope="module")
 def obert_single_process(tmp_path_factory):
     trainer, result = run(tiny_recipe(**NO_BN, **OBERT), tmp_path_factory.mktemp("obert_single"))
-    return weights_and_masks(trainer), len(trainer.pruner.log)
+    return weights_and_masks(trainer), len(trainer.criterion.log)
 
 
 @pytest.mark.parametrize("stage", [0, 2])

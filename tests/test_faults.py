@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from dstrain import ConfigError
-from dstrain import checkpoint as ckpt
-from dstrain.manifest import rewrite_manifest
+from dstrain.run import checkpoints as ckpt
+from dstrain.run.manifest import rewrite_manifest
 from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
 
 REPO = Path(__file__).resolve().parent.parent

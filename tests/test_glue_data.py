@@ -8,7 +8,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value
 from torch.utils.data import DataLoader
 
 from dstrain.data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
-from dstrain.models.tiny_bert import train_wordpiece_tokenizer
+from dstrain.testing.tiny_bert import train_wordpiece_tokenizer
 
 
 def _write(path, lines, bom=False):

@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 from dstrain import ConfigError, parse_recipe
 from dstrain.hf import (DstrainRecipeCallback, RecipeLRScheduler, export_sparse_model,
                         prepare_hf_sparse_training)
-from dstrain.models.tiny_bert import make_tiny_bert
+from dstrain.testing.tiny_bert import make_tiny_bert
 from helpers import run
 from test_train import InvariantWatch
 
@@ -78,7 +78,7 @@ def _hf_trainer(recipe, out_dir, extra_callbacks=()):
     from transformers import Trainer, TrainerCallback as HFCallback, TrainingArguments
 
     from dstrain.tasks import build_task
-    from dstrain.trainer import _seed_everything
+    from dstrain.run.trainer import _seed_everything
 
     _seed_everything(recipe.training.seed)
     task = build_task(recipe.task)
@@ -255,7 +255,7 @@ def test_shipped_bert_recipes_prune_only_encoder_linears(tiny_dir):
     from transformers import AutoModelForSequenceClassification
 
     from dstrain import load_recipe
-    from dstrain.masks import select_prunable
+    from dstrain.sparsity.registry import PrunableSelection, select_prunable
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_dir, local_files_only=True)
     kinds = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -265,7 +265,7 @@ def test_shipped_bert_recipes_prune_only_encoder_linears(tiny_dir):
     assert len(paths) == 11  # dense, 6 GMP+KD, 3 oBERT+KD, 2:4+KD
     for path in paths:
         recipe = load_recipe(path)
-        assert sorted(select_prunable(model, recipe.pruning.selection())) == sorted(expected), path.name
+        assert sorted(select_prunable(model, PrunableSelection.from_pruning(recipe.pruning))) == sorted(expected), path.name
 
 
 def test_hf_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_dir, data_dir, tmp_path):

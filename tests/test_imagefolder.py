@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dstrain import ConfigError, parse_recipe
-from dstrain.data.imagefolder import IMAGENET_MEAN, build_imagefolder_datasets, make_tiny_imagefolder
+from dstrain.data.imagefolder import IMAGENET_MEAN, build_imagefolder_datasets
+from dstrain.testing.images import make_tiny_imagefolder
 from dstrain.tasks import build_task
 from helpers import run
 from test_distributed import launch

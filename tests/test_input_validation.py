@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from dstrain import ConfigError, load_recipe
-from dstrain.dsconfig import load_ds_config, validate_ds_config
-from dstrain.preflight import check_output_dir, check_run_options
+from dstrain.run.dsconfig import load_ds_config, validate_ds_config
+from dstrain.run.preflight import check_run_options
+from dstrain.run.rundir import RunDir
 from dstrain.recipe import check_schedule_positions
 from helpers import TINY, run, subprocess_env, tiny_recipe
 
@@ -106,12 +107,9 @@ def test_unreadable_and_non_mapping_recipe_files(tmp_path):
 
 
 def _parse_overrides(items):
-    sys.path.insert(0, str(REPO / "launch"))
-    try:
-        import train as launch_train
-    finally:
-        sys.path.pop(0)
-    return launch_train._parse_overrides(items)
+    from dstrain.cli.train import parse_overrides
+
+    return parse_overrides(items)
 
 
 def test_bad_set_values_are_one_line():
@@ -177,10 +175,10 @@ def test_output_dir_that_is_a_file_or_read_only(tmp_path):
     afile = tmp_path / "runs"
     afile.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"^--output_dir: .*runs is a file, not a folder"):
-        check_output_dir(afile / "tiny")
+        RunDir(afile / "tiny").check_writable()
     readonly = Path("/proc/self/dstrain-run")  # a read-only file system, even for root
     with pytest.raises(ConfigError, match=r"^--output_dir: cannot write to /proc/self/dstrain-run"):
-        check_output_dir(readonly)
+        RunDir(readonly).check_writable()
     check_run_options(0, None, 0, 2)
 
 

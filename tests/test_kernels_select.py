@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dstrain import kernels
-from dstrain.pruning import _masks_below_threshold, torch_kth_smallest_abs
+from dstrain.sparsity.magnitude import _masks_below_threshold, torch_kth_smallest_abs
 from dstrain.kernels import kth_smallest_abs, kth_smallest_abs_torch, kth_smallest_abs_triton
 
 SELECTORS = {"dispatch": kth_smallest_abs, "torch": kth_smallest_abs_torch, "triton": kth_smallest_abs_triton}
@@ -64,7 +64,7 @@ def test_empty_input_rejected():
 
 
 def test_pruning_masks_identical_with_radix_selector():
-    """dstrain.pruning picks the same masks (ties included) with this selector as with kthvalue."""
+    """dstrain.sparsity.magnitude picks the same masks (ties included) with this selector as with kthvalue."""
     gen = torch.Generator().manual_seed(2)
     tensors = [torch.randint(-4, 5, (6, 5), generator=gen).float(), torch.randint(-4, 5, (17,), generator=gen).float()]
     k = 30

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dstrain import ConfigError, load_recipe
-from dstrain.trainer import resolve_ds_config
+from dstrain.run.dsconfig import resolve_ds_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "launch").glob("**/*.json"))

@@ -4,6 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
+from dstrain.sparsity.magnitude import global_magnitude_masks
 from dstrain import ConfigError, MaskRegistry, PrunableSelection
 from dstrain.models import SmallResNet
 
@@ -45,7 +46,7 @@ def test_update_apply_and_roundtrip_state_dict():
     torch.manual_seed(0)
     model = SmallResNet(num_classes=10)
     reg = MaskRegistry(model)
-    flips = reg.update(0.75)
+    flips = reg.set_masks(global_magnitude_masks([reg.params[n] for n in reg.names()], 0.75))
     assert flips == pytest.approx(0.75, abs=1e-6)
     assert reg.weight_sparsity() == pytest.approx(0.75, abs=1.0 / reg.numel)
     assert reg.revived() == 0

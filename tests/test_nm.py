@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dstrain import ConfigError, TrainerCallback, load_recipe, parse_recipe
-from dstrain.nm import group_view, is_nm, nm_eligible, nm_mask, nm_masks, parse_pattern
+from dstrain.sparsity.nm import group_view, is_nm, nm_eligible, nm_mask, nm_masks, parse_pattern
 from helpers import TINY, run, subprocess_env, tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def test_ineligible_layers_are_listed_in_the_run_log(tmp_path, capsys):
     trainer, _ = run(recipe, tmp_path, callbacks=[checker], max_steps=2)
     assert checker.checked == 2
     first = next(iter(trainer.registry.params))
-    assert trainer.nm_dense_layers == [first]
+    assert trainer.criterion.result()["nm_dense_layers"] == [first]
     assert f"left dense (reduction length not a multiple of 4): {first} [8, 1, 3, 3]" in capsys.readouterr().out
 
 
@@ -185,13 +185,10 @@ def test_two_ranks_keep_exact_2_of_4_under_zero(tmp_path, stage):
 
 
 def test_quoted_pattern_from_the_command_line_loads_as_2_of_4():
-    import importlib.util
+    from dstrain.cli.train import parse_overrides
 
-    spec = importlib.util.spec_from_file_location("train_cli", REPO / "launch" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    overrides = train._parse_overrides(["pruning.pattern=\"2:4\"",
-                                        "pruning.schedule={kind: oneshot, sparsity: 0.5, at: 10}"])
+    overrides = parse_overrides(["pruning.pattern=\"2:4\"",
+                                 "pruning.schedule={kind: oneshot, sparsity: 0.5, at: 10}"])
     recipe = load_recipe(REPO / "recipes" / "digits_gmp90.yaml", overrides)
     assert recipe.pruning.nm == (2, 4) and recipe.pruning.schedule.kind == "oneshot"
     assert load_recipe(REPO / "recipes" / "digits_nm24.yaml").pruning.nm == (2, 4)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dstrain import ConfigError, parse_recipe
-from dstrain.obert import BlockFisherInverse, BlockLayout, fisher_bytes
-from dstrain.obert_pruner import check_fits
+from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
+from dstrain.sparsity.obert import check_fits
 
 from helpers import TINY, run, tiny_recipe
 
@@ -101,7 +101,7 @@ def test_recipe_validation():
     with pytest.raises(ConfigError, match="criterion is not obert"):
         parse_recipe(data)
     data["pruning"]["criterion"] = "obert"
-    assert parse_recipe(data).pruning.obert.num_grads == 4
+    assert parse_recipe(data).pruning.criterion_settings.num_grads == 4
     data["pruning"]["obert"] = {"block_size": 0}
     with pytest.raises(ConfigError, match=r"pruning\.obert\.block_size"):
         parse_recipe(data)
@@ -109,7 +109,7 @@ def test_recipe_validation():
     with pytest.raises(ConfigError, match=r"pruning\.obert\.damp.*unknown key"):
         parse_recipe(data)
     data["pruning"]["obert"] = None
-    assert parse_recipe(data).pruning.obert.block_size == 50  # oBERT's defaults
+    assert parse_recipe(data).pruning.criterion_settings.block_size == 50  # oBERT's defaults
 
 
 OBERT = {"pruning.criterion": "obert",
@@ -120,7 +120,7 @@ def test_training_run_hits_exact_sparsity_and_keeps_pruned_weights_zero(tmp_path
     trainer, result = run(tiny_recipe(**OBERT, **{"training.epochs": 2}), tmp_path)
     assert result["revived"] == 0
     assert abs(result["sparsity"] - trainer.registry.mask_sparsity()) < 1e-9
-    log = trainer.pruner.log
+    log = trainer.criterion.log
     assert [row["step"] for row in log] == [h["step"] for h in trainer.controller.history] and len(log) >= 3
     # exact count: round(s * n) pruned at the last update
     n = trainer.registry.numel
@@ -164,4 +164,4 @@ def test_stop_and_resume_reproduces_the_uninterrupted_obert_run(tmp_path):
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
     assert resumed.controller.history == full.controller.history
-    assert [r["step"] for r in resumed.pruner.log] == [r["step"] for r in full.pruner.log if r["step"] > 8]
+    assert [r["step"] for r in resumed.criterion.log] == [r["step"] for r in full.criterion.log if r["step"] > 8]

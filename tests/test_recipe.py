@@ -8,6 +8,7 @@ import yaml
 
 from dstrain import ConfigError, load_recipe, parse_recipe
 from dstrain.schedules import ACDC, Gradual
+from dstrain.schedules.factory import build_lr_schedule, build_sparsity_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,17 +57,18 @@ def test_missing_required_field():
 
 def test_epoch_units_convert_to_steps():
     recipe = parse_recipe(BASE)
-    sched = recipe.sparsity_schedule(steps_per_epoch=10)
+    sched = build_sparsity_schedule(recipe, steps_per_epoch=10)
     assert sched == Gradual(0.0, 0.9, 10, 80, 10)
-    acdc = parse_recipe(_with("pruning.schedule", {"kind": "acdc", "sparsity": 0.9, "warmup": 2, "compressed": 1,
-                                                   "decompressed": 1, "final": 3})).sparsity_schedule(5)
+    acdc = build_sparsity_schedule(parse_recipe(_with("pruning.schedule", {"kind": "acdc", "sparsity": 0.9, "warmup": 2,
+                                                                           "compressed": 1, "decompressed": 1,
+                                                                           "final": 3})), 5)
     assert acdc == ACDC(0.9, 10, 5, 5, 15, 50)
 
 
 def test_lr_rewind_restarts_at_mask_updates():
     data = _with("lr_schedule", {"shape": "linear", "rewind_at_pruning": True})
     recipe = parse_recipe(data)
-    lr = recipe.lr_schedule_for(10, recipe.sparsity_schedule(10))
+    lr = build_lr_schedule(recipe, 10, build_sparsity_schedule(recipe, 10))
     assert lr.restarts == (10, 20, 30, 40, 50, 60, 70, 80)
     assert lr(20) == pytest.approx(0.1)
 
@@ -74,7 +76,7 @@ def test_lr_rewind_restarts_at_mask_updates():
 def test_cyclic_lr_reaches_min_at_every_mask_update_and_needs_rewinding():
     data = _with("lr_schedule", {"shape": "linear", "min_lr": 0.01, "rewind_at_pruning": True, "cyclic": True})
     recipe = parse_recipe(data)
-    lr = recipe.lr_schedule_for(10, recipe.sparsity_schedule(10))
+    lr = build_lr_schedule(recipe, 10, build_sparsity_schedule(recipe, 10))
     assert lr.cyclic and lr.restarts == (10, 20, 30, 40, 50, 60, 70, 80)
     assert [lr(t) for t in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.019, 0.1, 0.019, 0.1])
     with pytest.raises(ConfigError, match=r"lr_schedule: .*cyclic: true needs rewind_at_pruning: true"):

@@ -19,8 +19,9 @@ from pydantic import BaseModel
 
 from dstrain import ConfigError, parse_recipe
 from dstrain.models import ARCH_OPTIONS
+from dstrain.sparsity.criterion import criterion_class
 from dstrain.recipe import (ACDCSchedule, ConstantSchedule, DenseSchedule, DistillationSpec, GradualSchedule,
-                            LRScheduleSpec, ObertSpec, OneShotSchedule, OptimizerSpec, PruningSpec, Recipe, TrainingSpec,
+                            LRScheduleSpec, OneShotSchedule, OptimizerSpec, PruningSpec, Recipe, TrainingSpec,
                             check_schedule_positions)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,18 +54,27 @@ def _schema(data: Dict[str, Any], path: Tuple[str, ...]) -> Optional[Type[BaseMo
         return ARCH_OPTIONS[data["task"].get("arch", "small_resnet")]
     if path == ("pruning", "schedule"):
         return SCHEDULES[data["pruning"]["schedule"]["kind"]]
-    if path == ("pruning", "obert"):
-        return ObertSpec
+    if len(path) == 2 and path[0] == "pruning" and path[1] == data["pruning"].get("criterion"):
+        return criterion_class(path[1]).Settings  # the criterion's own section
     return SECTIONS.get(path[0]) if len(path) == 1 else None
 
 
+def _is_criterion_section(data: Dict[str, Any], key: Tuple[str, ...]) -> bool:
+    """``pruning.<criterion>``: left out or null, the criterion's settings take their documented defaults."""
+    return len(key) == 2 and key[0] == "pruning" and key[1] == data["pruning"].get("criterion")
+
+
 def _has_default(data: Dict[str, Any], key: Tuple[str, ...]) -> bool:
+    if _is_criterion_section(data, key):
+        return True
     schema = _schema(data, key[:-1])
     field = schema.model_fields.get(key[-1]) if schema else None
     return field is not None and not field.is_required()
 
 
 def _default_is_none(data: Dict[str, Any], key: Tuple[str, ...]) -> bool:
+    if _is_criterion_section(data, key):
+        return True
     schema = _schema(data, key[:-1])
     field = schema.model_fields.get(key[-1]) if schema else None
     return field is not None and not field.is_required() and field.default is None
@@ -199,13 +209,13 @@ def test_every_mutation_of_every_shipped_recipe_is_a_clean_error_or_a_documented
 @pytest.mark.parametrize("mutate", ["positions unchecked", "a traceback"])
 def test_the_fuzz_harness_can_fail(monkeypatch, mutate):
     """The fuzzer reports accepted out-of-range values and non-ConfigError exceptions (it cannot pass vacuously)."""
-    import dstrain.recipe as recipe_module
+    import dstrain.recipe.io as recipe_module
 
     if mutate == "positions unchecked":  # as if schedule positions were not checked against the training length
-        monkeypatch.setattr(recipe_module, "_check_cross_fields", lambda recipe, source: None)
+        monkeypatch.setattr(recipe_module, "check_cross_fields", lambda recipe, source: None)
         monkeypatch.setitem(globals(), "check_schedule_positions", lambda *a, **k: None)
     else:
-        monkeypatch.setattr(recipe_module, "_check_cross_fields",
+        monkeypatch.setattr(recipe_module, "check_cross_fields",
                             lambda recipe, source: 1 / 0 if "seed" not in recipe.training.model_fields_set else None)
     counts, problems = fuzz([REPO / "recipes" / "digits_gmp90.yaml"])
     if mutate == "a traceback":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dstrain import load_recipe
-from dstrain.data.idx import write_fashion_stand_in
+from dstrain.testing.idx import write_fashion_stand_in
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))  # importable by name: --jobs 2 workers unpickle train_one from it

@@ -1,4 +1,4 @@
-"""``python -m dstrain.optim.selfcheck``: the on-device check of the fused kernels.
+"""``dstrain selfcheck``: the on-device check of the fused kernels.
 
 In CI it runs interpreted on the CPU (conftest sets TRITON_INTERPRET=1); the test
 that runs it compiled on CUDA is skipped without a GPU.
@@ -74,7 +74,7 @@ def test_selfcheck_catches_a_step_applied_twice(monkeypatch):
 def test_selfcheck_compiled_on_cuda():
     env = subprocess_env()
     env.pop("TRITON_INTERPRET", None)
-    out = subprocess.run([sys.executable, "-m", "dstrain.optim.selfcheck"], cwd=Path(__file__).resolve().parent.parent,
+    out = subprocess.run([sys.executable, "-m", "dstrain.cli.selfcheck"], cwd=Path(__file__).resolve().parent.parent,
                          env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 

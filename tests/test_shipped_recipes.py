@@ -48,7 +48,7 @@ BATCH = 8
 
 sys.path.insert(0, str(REPO / "launch"))
 from train import main  # noqa: E402  (launch/train.py: the real entry point)
-from dstrain.nm import is_nm, nm_eligible, parse_pattern  # noqa: E402
+from dstrain.sparsity.nm import is_nm, nm_eligible, parse_pattern  # noqa: E402
 
 
 # --- stand-in data, built once per session ---------------------------------------------------------
@@ -67,14 +67,14 @@ class StandIns:
         return self._cache[key]
 
     def imagefolder(self) -> str:
-        from dstrain.data.imagefolder import make_tiny_imagefolder
+        from dstrain.testing.images import make_tiny_imagefolder
 
         # 3 classes x 8 = 24 training images: 3 steps of 8 = one epoch, so the evaluation runs too
         return self._once("imagefolder", lambda p: make_tiny_imagefolder(p, classes=3, per_class=8,
                                                                           val_per_class=4, size=36))
 
     def fashion(self) -> str:
-        from dstrain.data.idx import write_fashion_stand_in
+        from dstrain.testing.idx import write_fashion_stand_in
 
         return self._once("fashion", lambda p: write_fashion_stand_in(p, n_train=48, n_test=16))
 
@@ -85,7 +85,7 @@ class StandIns:
         from dstrain.data.glue import get_task_spec
 
         def build(path: Path) -> None:
-            from dstrain.models.tiny_bert import make_tiny_bert
+            from dstrain.testing.tiny_bert import make_tiny_bert
 
             model, tok = make_tiny_bert(None, [" ".join(WORDS)] * 3, num_labels=get_task_spec(task).num_labels)
             model.save_pretrained(path)

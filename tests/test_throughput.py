@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from dstrain.throughput import TrainingClock
+from dstrain.run.clock import TrainingClock
 
 CPU = torch.device("cpu")
 

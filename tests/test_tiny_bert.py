@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dstrain.hf import export_sparse_model, unwrap_model
-from dstrain.models.tiny_bert import make_tiny_bert
+from dstrain.testing.tiny_bert import make_tiny_bert
 
 TEXTS = [
     "the cat sat on the mat",

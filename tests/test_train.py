@@ -137,7 +137,7 @@ def test_loader_workers_change_nothing_but_speed(tmp_path):
 def test_no_weight_decay_groups_and_errors(tmp_path):
     from dstrain import ConfigError
     from dstrain.models import SmallResNet
-    from dstrain.trainer import build_optimizer
+    from dstrain.optim.factory import build_optimizer
 
     recipe = tiny_recipe(**{"optimizer.no_weight_decay": [r"\.bias$", r"(bn\d|shortcut\.1)\.weight$"]})
     opt = build_optimizer(SmallResNet(num_classes=10, in_channels=1, width=8), recipe)
@@ -155,15 +155,15 @@ def test_no_weight_decay_groups_and_errors(tmp_path):
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_acdc_reset_momentum_at_decompression(reset):
-    from dstrain import MaskRegistry, SparsityController
+    from dstrain import MaskRegistry, PrunableSelection, SparsityController
     from dstrain.models import SmallResNet
-    from dstrain.trainer import build_optimizer
+    from dstrain.optim.factory import build_optimizer
 
     recipe = tiny_recipe(**{"pruning.schedule": {"kind": "acdc", "sparsity": 0.9, "warmup": 2, "compressed": 2,
                                                  "decompressed": 2, "final": 2, "reset_momentum": reset}})
     torch.manual_seed(0)
     model = SmallResNet(num_classes=10, in_channels=1, width=8)
-    registry = MaskRegistry(model, recipe.pruning.selection())
+    registry = MaskRegistry(model, PrunableSelection.from_pruning(recipe.pruning))
     optimizer = build_optimizer(model, recipe)
     optimizer.set_mask_source(registry.mask_for)
     controller = SparsityController(recipe, registry, optimizer, steps_per_epoch=11)

@@ -1,6 +1,6 @@
 """Triton kernels that fuse mask application into optimizer steps, and fast mask selection.
 
-Public entry points (used by :mod:`dstrain.optim` and :mod:`dstrain.pruning`):
+Public entry points (used by :mod:`dstrain.optim` and :mod:`dstrain.sparsity.magnitude`):
 
 - ``triton_available() -> bool``
 - ``fused_masked_sgd(params, grads, momentum_buffers, masks, *, lr, momentum, dampening,

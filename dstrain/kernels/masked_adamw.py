@@ -21,7 +21,7 @@ Pruned elements are written as +0.0 in the parameter and both moments.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch

@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Literal, Optional, Type
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
-from ..errors import ConfigError
-from .small_resnet import SmallResNet
+from dstrain.errors import ConfigError
+from dstrain.models.small_resnet import SmallResNet
 
 ARCHS = ("small_resnet", "resnet18", "resnet34", "resnet50")
 

@@ -6,9 +6,9 @@ from typing import Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
-from .base import MaskedOptimizerMixin, MaskSource
-from .functional import masked_adamw
-from .prepared_state import StateSnapshot, StepCounters
+from dstrain.optim.base import MaskedOptimizerMixin, MaskSource
+from dstrain.optim.functional import masked_adamw
+from dstrain.optim.prepared_state import StateSnapshot, StepCounters
 
 
 class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
@@ -66,7 +66,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                          weight_decay=group["weight_decay"], maximize=group["maximize"])
             if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
-                from .cpu_kernels import fused_masked_adamw_cpu
+                from dstrain.optim.cpu_kernels import fused_masked_adamw_cpu
 
                 fused_masked_adamw_cpu(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
             else:
@@ -109,7 +109,7 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         return all(len(self.state[p]) > 0 for p in params)
 
     def _run_cpu_plan(self, plan, group, grads) -> None:
-        from .cpu_kernels import _adamw_scalars, adamw_with_storages
+        from dstrain.optim.cpu_kernels import _adamw_scalars, adamw_with_storages
 
         counters = plan.counters
         counters.count()

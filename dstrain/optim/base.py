@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .prepared_state import GRAD, StateSnapshot, StepCounters
+from dstrain.optim.prepared_state import GRAD, StateSnapshot, StepCounters
 
 MaskSource = Callable[[Tensor], Optional[Tensor]]
 """Maps a parameter (the tensor the optimizer updates) to its bool mask, or None if dense."""
@@ -29,7 +29,7 @@ class MaskedOptimizerMixin:
     """Mask bookkeeping for torch.optim.Optimizer subclasses.
 
     Masks are looked up per step through a callable rather than stored in the
-    optimizer state so that one source of truth (the :class:`~dstrain.masks.MaskRegistry`,
+    optimizer state so that one source of truth (the :class:`~dstrain.sparsity.registry.MaskRegistry`,
     or its ZeRO partition view) serves both the model and the optimizer, and so the
     optimizer's ``state_dict`` stays loadable by plain torch.
     """
@@ -101,7 +101,7 @@ class MaskedOptimizerMixin:
         if self.backend in ("torch", "cpu") or (self.backend == "auto" and first is not None and not first.is_cuda):
             self._plans.pop(index, None)  # 'auto' sends CPU tensors to the C++ step or the reference, never to Triton
             return False
-        from .triton_step import GroupPlan
+        from dstrain.optim.triton_step import GroupPlan
 
         params = group["params"]
         grads = list(map(GRAD, params))
@@ -149,7 +149,7 @@ class MaskedOptimizerMixin:
         if not params or self.backend in ("torch", "triton") or params[0].is_cuda:
             self._cpu_plans.pop(index, None)
             return False
-        from .cpu_step import CpuPlan
+        from dstrain.optim.cpu_step import CpuPlan
 
         grads = list(map(GRAD, params))
         masks = list(map(self.mask_source, params)) if self.masking_enabled else None
@@ -202,7 +202,7 @@ class MaskedOptimizerMixin:
                     return "triton"
             return "torch"
         if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params):
-            from . import cpu_kernels
+            from dstrain.optim import cpu_kernels
 
             if cpu_kernels.available():
                 return "cpu"

@@ -56,7 +56,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .functional import masked_adamw, masked_sgd
+from dstrain.optim.functional import masked_adamw, masked_sgd
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 
 from torch import Tensor
 
-from .prepared_state import PreparedGroup, StateSnapshot, StepCounters
+from dstrain.optim.prepared_state import PreparedGroup, StateSnapshot, StepCounters
 
 
 class CpuPlan(PreparedGroup):

@@ -3,7 +3,7 @@
 Why: CI runs the kernels only under the Triton interpreter.  Whether a GPU install
 gives the same numbers (driver, Triton release, autotuning on scratch copies, the
 int64 -> pointer cast, the aligned and unaligned variants) can only be checked where
-it runs.  ``python -m dstrain.optim.selfcheck`` does that in a few seconds on a CUDA
+it runs.  ``dstrain selfcheck`` does that in a few seconds on a CUDA
 device (or, with ``TRITON_INTERPRET=1``, on the CPU with small shapes).
 
 Exit status: 0 every case agrees; 1 a case disagrees beyond fp32 rounding or leaves a
@@ -26,17 +26,14 @@ short lease; the full run is for a longer one.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .functional import masked_adamw, masked_sgd
+from dstrain.optim.functional import masked_adamw, masked_sgd
 
 SGD_HYPER = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
 ADAMW_HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
@@ -236,7 +233,7 @@ def run_all(device: torch.device, report: Callable[[CaseResult], None] = lambda 
     return results
 
 
-def _print(r: CaseResult) -> None:
+def print_result(r: CaseResult) -> None:
     status = "ok  " if r.ok else "FAIL"
     if r.note:
         print(f"{status} {r.name:<48} {r.note}", flush=True)
@@ -244,36 +241,3 @@ def _print(r: CaseResult) -> None:
     extra = f", {r.pruned_nonzero} pruned entries non-zero" if r.pruned_nonzero else ""
     print(f"{status} {r.name:<48} max |diff| {r.max_abs_diff:.3g}{' (bitwise)' if r.bitwise else ''}{extra}",
           flush=True)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="dstrain selfcheck", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="every kernel variant once, one block config each (under a minute on a GPU)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        if "dstrain.kernels._runtime" not in sys.modules:
-            os.environ.setdefault("DSTRAIN_AUTOTUNE", "0")  # read when kernels is first imported
-        elif sys.modules["dstrain.kernels._runtime"].AUTOTUNE and not sys.modules["dstrain.kernels._runtime"].INTERPRET:
-            print("note: kernels were imported before --quick could turn autotuning off; autotuning stays on")
-    device = _device()
-    if device is None:
-        print("selfcheck cannot run here: it needs a CUDA GPU for the compiled kernels, or "
-              "TRITON_INTERPRET=1 (set before starting Python) to run them interpreted on the CPU",
-              file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    import triton
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
-    print(f"fused kernels vs PyTorch reference on {name}, torch {torch.__version__}, triton {triton.__version__}"
-          + (" (quick)" if args.quick else ""))
-    results = run_all(device, _print, quick=args.quick)
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)}/{len(results)} cases agree "
-          f"({sum(r.bitwise for r in results)} bitwise); tolerance rtol={RTOL}, atol={ATOL}")
-    return EXIT_MISMATCH if failed else EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

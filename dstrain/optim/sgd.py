@@ -6,9 +6,9 @@ from typing import Optional
 import torch
 from torch.optim import Optimizer
 
-from .base import MaskedOptimizerMixin, MaskSource
-from .functional import masked_sgd
-from .prepared_state import StateSnapshot
+from dstrain.optim.base import MaskedOptimizerMixin, MaskSource
+from dstrain.optim.functional import masked_sgd
+from dstrain.optim.prepared_state import StateSnapshot
 
 
 class MaskedSGD(MaskedOptimizerMixin, Optimizer):
@@ -58,7 +58,7 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                          maximize=group["maximize"])
             if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
-                from .cpu_kernels import fused_masked_sgd_cpu
+                from dstrain.optim.cpu_kernels import fused_masked_sgd_cpu
 
                 fused_masked_sgd_cpu(params, grads, bufs, masks, **hyper)
             else:
@@ -96,7 +96,7 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
         return group["momentum"] == 0 or all(self.state[p].get("momentum_buffer") is not None for p in params)
 
     def _run_cpu_plan(self, plan, group, grads) -> None:
-        from .cpu_kernels import sgd_with_storages
+        from dstrain.optim.cpu_kernels import sgd_with_storages
 
         bufs = plan.snapshot.tensors.get("momentum_buffer", [])  # the flags key rebuilds the plan if momentum appears
         sgd_with_storages(plan.stepped, grads, bufs, plan.stepped_masks, plan.mask_storages, plan.not_first,

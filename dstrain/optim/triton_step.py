@@ -29,7 +29,7 @@ from typing import Any, List, Optional
 
 from torch import Tensor
 
-from .prepared_state import PreparedGroup
+from dstrain.optim.prepared_state import PreparedGroup
 
 _PTR = Tensor.data_ptr
 

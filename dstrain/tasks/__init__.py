@@ -5,8 +5,8 @@ from typing import Any, Dict, Type
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import ConfigError
-from .base import Task
+from dstrain.errors import ConfigError
+from dstrain.tasks.base import Task
 
 IMAGE_TASKS = ("digits", "imagefolder", "synthetic", "fashion_mnist")
 TASKS = IMAGE_TASKS + ("glue",)
@@ -14,11 +14,11 @@ TASKS = IMAGE_TASKS + ("glue",)
 
 def _config_class(name: Any, field: str) -> Type[BaseModel]:
     if name in IMAGE_TASKS:
-        from .image import ImageTaskConfig
+        from dstrain.tasks.image import ImageTaskConfig
 
         return ImageTaskConfig
     if name == "glue":
-        from .glue import GlueTaskConfig
+        from dstrain.tasks.glue import GlueTaskConfig
 
         return GlueTaskConfig
     if name is None:
@@ -57,10 +57,10 @@ def check_task_config(config: Any, field: str = "task") -> None:
 def build_task(config: Dict[str, Any], field: str = "task") -> Task:
     validated = validate_task_config(config, field)
     if config.get("name") in IMAGE_TASKS:
-        from .image import ImageClassificationTask
+        from dstrain.tasks.image import ImageClassificationTask
 
         return ImageClassificationTask(validated)
-    from .glue import GlueTask
+    from dstrain.tasks.glue import GlueTask
 
     return GlueTask(validated)
 

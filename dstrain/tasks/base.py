@@ -48,7 +48,7 @@ class Task(abc.ABC):
 
     def build_teacher(self, path: str) -> nn.Module:
         """The dense teacher for distillation, loaded from ``path``."""
-        from ..errors import ConfigError
+        from dstrain.errors import ConfigError
 
         raise ConfigError("distillation.teacher", f"task {self.name!r} does not support distillation",
                           "remove the distillation section")

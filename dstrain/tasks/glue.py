@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
-from ..errors import ConfigError
-from ..metrics import PRIMARY_METRIC, glue_metrics
-from .base import Task
+from dstrain.data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
+from dstrain.errors import ConfigError
+from dstrain.metrics import PRIMARY_METRIC, glue_metrics
+from dstrain.tasks.base import Task
 
 __all__ = ["GlueTaskConfig", "GlueTask"]
 
@@ -66,7 +66,7 @@ def _check_model_dir(path: str, field: str) -> str:
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(
             field, f"{path!r} has no config.json",
-            "pass a local directory written by save_pretrained (e.g. dstrain.models.tiny_bert.make_tiny_bert, "
+            "pass a local directory written by save_pretrained (e.g. dstrain.testing.tiny_bert.make_tiny_bert, "
             "or an exported hub snapshot); models are never downloaded at run time",
         )
     return path
@@ -149,7 +149,7 @@ class GlueTask(Task):
 
     def export(self, model: nn.Module, out_dir: str) -> bool:
         """save_pretrained folder (with tokenizer): the next run's teacher or a plain transformers model."""
-        from ..export import export_sparse_model
+        from dstrain.export.formats import export_sparse_model
 
         export_sparse_model(model, out_dir, tokenizer=self.tokenizer)
         return True

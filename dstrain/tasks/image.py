@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
-from ..models import build_vision_model, check_arch_options
-from .base import Task
+from dstrain.errors import ConfigError
+from dstrain.models import build_vision_model, check_arch_options
+from dstrain.tasks.base import Task
 
 
 class ImageTaskConfig(BaseModel):
@@ -52,7 +52,7 @@ class ImageClassificationTask(Task):
     def build_datasets(self) -> Tuple[Dataset, Dataset]:
         if self._datasets is None:
             if self.config.name == "synthetic":
-                from ..data.synthetic import SyntheticImages
+                from dstrain.data.synthetic import SyntheticImages
 
                 classes = self._num_classes or 1000
                 size = self.config.image_size
@@ -60,19 +60,19 @@ class ImageClassificationTask(Task):
                                   SyntheticImages(max(self.config.synthetic_size // 10, 1), size, classes, seed=1))
                 self._num_classes = classes
             elif self.config.name == "digits":
-                from ..data.digits import load_digits_split
+                from dstrain.data.digits import load_digits_split
 
                 self._datasets = load_digits_split()
                 self._num_classes, self._in_channels = 10, 1
             elif self.config.name == "fashion_mnist":
-                from ..data.idx import load_fashion_mnist
+                from dstrain.data.idx import load_fashion_mnist
 
                 self._datasets = load_fashion_mnist(self.config.data_dir)
                 self._num_classes, self._in_channels = 10, 1
             else:
-                from ..data.imagefolder import build_imagefolder_datasets
+                from dstrain.data.imagefolder import build_imagefolder_datasets
 
-                from ..data.imagefolder import SkippingImageFolder, collate_skipping, prescan
+                from dstrain.data.imagefolder import SkippingImageFolder, collate_skipping, prescan
 
                 train, val = build_imagefolder_datasets(self.config.data_dir, self.config.image_size)
                 if self.config.bad_images == "prescan":

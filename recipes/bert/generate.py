@@ -71,7 +71,7 @@ GMP_NOTE = """\
 
 NM_NOTE = """\
 # 2:4 semi-structured fine-tuning with KD (issue 14): every pruned Linear weight of the encoder keeps
-# 2 of every 4 consecutive input features (dstrain/nm.py), the pattern sparse tensor cores run; all
+# 2 of every 4 consecutive input features (dstrain/sparsity/nm.py), the pattern sparse tensor cores run; all
 # BERT-base encoder Linears have in_features 768 or 3072, so none stays dense.  A sparsity ramp has no
 # N:M form, so the masks are set once: 1 dense epoch (the task adapts the pretrained magnitudes
 # first, as the GMP recipes' dense epoch does), then one-shot 2:4 by magnitude and 9 epochs of
@@ -123,7 +123,7 @@ def gmp(sparsity: float, epochs: int) -> dict:
 
 OBERT_NOTE = """\
 # oBERT (Kurtic et al. 2022, "The Optimal BERT Surgeon"): the 30-epoch schedule, KD and LR above
-# with the second-order criterion (pruning.criterion: obert, dstrain/obert.py).  Settings from
+# with the second-order criterion (pruning.criterion: obert, dstrain/sparsity/fisher.py).  Settings from
 # neuralmagic/sparseml research/optimal_BERT_surgeon_oBERT/recipes/30epochs_unstructured97_mnli.yaml
 # (OBSPruningModifier: num_grads 1024, fisher_block_size 50, damp 1e-7, grad_sampler_kwargs
 # batch_size 16, global_sparsity True, mask_type unstructured, the same params regexes = the

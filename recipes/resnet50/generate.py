@@ -112,7 +112,7 @@ NM_NOTE = """\
 # a last dense phase from epoch 75 to 85 and a final 15-epoch compressed phase; SGD lr 0.256,
 # momentum 0.875, weight decay 3.0517578125e-5, cosine LR with 5 warm-up epochs; all convs and fc.
 # dstrain groups 4 consecutive input channels at one kernel position (the official pruner's
-# weight.permute(0, 2, 3, 1) order, see dstrain/nm.py); a layer whose input channels are not a
+# weight.permute(0, 2, 3, 1) order, see dstrain/sparsity/nm.py); a layer whose input channels are not a
 # multiple of 4 stays dense and is listed in the run log: here only conv1 (3 input channels),
 # which the official pruner groups across kernel positions, a grouping no 2:4 kernel can run.
 # No label smoothing: the official trainer (policies/trainers.py) uses plain cross-entropy, as for

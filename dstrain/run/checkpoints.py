@@ -3,7 +3,7 @@
 DeepSpeed writes a checkpoint as a folder of files, from several ranks; a kill in
 the middle leaves a half-written folder.  So every rank writes into
 ``<dir>/.staging/<tag>``; after a barrier, rank 0 adds the manifest
-(``dstrain_complete.json``: size and SHA-256 of every file, see :mod:`dstrain.manifest`)
+(``dstrain_complete.json``: size and SHA-256 of every file, see :mod:`dstrain.run.manifest`)
 and renames the folder to ``<dir>/<tag>`` (one atomic rename on a POSIX file
 system), then atomically rewrites ``<dir>/latest``.  Resume only uses a folder
 whose files all match its manifest: a crash loses at most the interval since the
@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import distributed as dstdist
-from .errors import ConfigError
-from .manifest import MANIFEST, CheckpointDamaged, verify_checkpoint, write_manifest
+from dstrain import distributed as dstdist
+from dstrain.errors import ConfigError
+from dstrain.run.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint, write_manifest
 
 MARKER = MANIFEST  # the manifest is the completion marker
 STAGING = ".staging"
@@ -158,3 +158,30 @@ def load(engine, checkpoint: Path) -> Dict[str, Any]:
         raise ConfigError("--resume", f"DeepSpeed could not load {checkpoint}",
                           "check that it was written by this model and ds_config (ZeRO stage, world size)")
     return client_state or {}
+
+
+class CheckpointStore:
+    """The checkpoints of one run folder: written atomically, verified before use, rotated, loaded.
+
+    Why a class: the trainer saves, resumes and rotates through one object that knows the
+    folder, how many to keep and where to report; the module functions stay usable alone
+    (``dstrain export`` reads checkpoints without a trainer).
+    """
+
+    def __init__(self, folder: Path, keep_last: int = 2, log: Callable[[str], None] = print) -> None:
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+        self.log = log
+
+    def save(self, engine, step: int, client_state: Dict[str, Any], layout: Dict[str, Any],
+             info: Dict[str, Any]) -> Path:
+        return save(engine, self.folder, step, client_state, self.keep_last, layout, info)
+
+    def resolve(self, resume: Optional[str]) -> Optional[Path]:
+        return resolve_resume(resume, self.folder, self.log)
+
+    def complete(self) -> List[Tuple[int, Path]]:
+        return complete_checkpoints(self.folder)
+
+    check_layout = staticmethod(check_layout)
+    load = staticmethod(load)

@@ -19,49 +19,49 @@ from typing import Any, Callable, Dict, List, Optional
 
 from torch.optim import Optimizer
 
-from .errors import ConfigError
-from .masks import MaskRegistry
-from .nm import update_registry_nm
-from .pruning import KthSelector
-from .recipe import Recipe
+from dstrain.errors import ConfigError
+from dstrain.schedules.factory import build_lr_schedule, build_sparsity_schedule
+from dstrain.sparsity.criterion import Criterion, build_criterion
+from dstrain.sparsity.registry import MaskRegistry
 
 
 class SparsityController:
-    """Owns the step counter; before each step sets LR, compressed/dense phase and masks."""
+    """Owns the step counter; before each step sets LR, compressed/dense phase, and masks (through the criterion)."""
 
     def __init__(
         self,
-        recipe: Recipe,
+        recipe: Any,
         registry: MaskRegistry,
         optimizer: Optimizer,
         steps_per_epoch: int,
-        selector: Optional[KthSelector] = None,
+        criterion: Optional[Criterion] = None,
         on_masks_updated: Optional[Callable[[], None]] = None,
-        mask_updater: Optional[Callable[[float, int], float]] = None,
+        will_attach: bool = False,
     ) -> None:
+        """``will_attach``: the caller gives a data-driven criterion its :class:`~dstrain.sparsity.criterion.DataHooks`
+        before the first step (the trainer does); without it such a criterion is refused here."""
         self.recipe = recipe
         self.registry = registry
         self.optimizer = optimizer
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = recipe.total_steps(steps_per_epoch)
-        self.sparsity = recipe.sparsity_schedule(steps_per_epoch)
-        self.lr = recipe.lr_schedule_for(steps_per_epoch, self.sparsity)
-        self.selector = selector
+        self.sparsity = build_sparsity_schedule(recipe, steps_per_epoch)
+        self.lr = build_lr_schedule(recipe, steps_per_epoch, self.sparsity)
+        self.criterion = criterion or build_criterion(recipe.pruning, registry)
         self.on_masks_updated = on_masks_updated
         self.step_count = 0
         self.history: List[Dict[str, float]] = []
         self._last_lr = [self.lr(0)]
         # A data-driven criterion (oBERT) needs the engine and data, which do not exist yet:
-        # its first mask update waits for the first begin_step().
-        criterion = getattr(recipe.pruning, "criterion", "magnitude")
-        if criterion != "magnitude" and mask_updater is None:
-            raise ConfigError("pruning.criterion", f"{criterion} needs gradients of the training loss, which only "
-                              "dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
+        # its first mask update waits for the first begin_step(), after the trainer attached it.
+        deferred = self.criterion.needs_data
+        if deferred and not will_attach:
+            raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss, which "
+                              "only dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
                               "train with SparseTrainer, or use criterion: magnitude here")
-        self.mask_updater = mask_updater
         self._pending = False
-        self._prepare(0, recompute=mask_updater is None)
-        self._pending = mask_updater is not None
+        self._prepare(0, recompute=not deferred)
+        self._pending = deferred
 
     # --- per-step control -----------------------------------------------------------
     @property
@@ -72,13 +72,7 @@ class SparsityController:
     def _prepare(self, step: int, recompute: bool) -> None:
         if recompute and self.sparsity.updates_mask(step):
             target = self.sparsity.target(step)
-            nm = self.recipe.pruning.nm
-            if nm is not None:  # N:M: per-group magnitude, scope does not apply
-                flips = update_registry_nm(self.registry, target, nm)
-            elif self.mask_updater is not None:
-                flips = self.mask_updater(target, step)
-            else:
-                flips = self.registry.update(target, self.recipe.pruning.scope, self.selector)
+            flips = self.criterion.update(target, step)
             self.history.append({"step": step, "sparsity": target, "mask_change_rate": flips})
             if self.on_masks_updated is not None:
                 self.on_masks_updated()

@@ -2,7 +2,7 @@
 and :func:`load_exported_model`, which rebuilds the model from what the command wrote.
 
 This module sits above the tasks and the recipe (it rebuilds the architecture a run trained);
-the formats themselves live in :mod:`dstrain.export`, below everything else.
+the formats themselves live in :mod:`dstrain.export.formats`, below everything else.
 
 The weights come from a complete dstrain checkpoint (DeepSpeed's ``mp_rank_00_model_states.pt``
 holds the full model under ZeRO 0/1/2, and the run's recipe in its client state), so a run
@@ -13,19 +13,17 @@ config, as the run built them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from . import export as ex
-from .checkpoint import MARKER, complete_checkpoints
-from .errors import ConfigError
+from dstrain.export import formats as ex
+from dstrain.run.checkpoints import MARKER, complete_checkpoints
+from dstrain.errors import ConfigError
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ARG = "RUN_OR_CHECKPOINT"
@@ -73,7 +71,7 @@ def build_model(task: Dict[str, Any], state: Dict[str, Tensor], config_dir: Opti
     if task.get("name") == "glue":
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        from .tasks import build_task
+        from dstrain.tasks import build_task
 
         if config_dir is None:
             glue = build_task(task)
@@ -84,7 +82,7 @@ def build_model(task: Dict[str, Any], state: Dict[str, Tensor], config_dir: Opti
             tokenizer = None
         model = AutoModelForSequenceClassification.from_config(config)
     else:
-        from .models import build_vision_model
+        from dstrain.models import build_vision_model
 
         num_classes, in_channels = _image_shapes(state)
         model = build_vision_model(task.get("arch", "small_resnet"), num_classes, in_channels,
@@ -166,21 +164,3 @@ def load_exported_model(out: str, device: Any = "cpu", dtype: Optional[torch.dty
         ex.swap_to_semi_structured(model, device, dtype or torch.float16, log=log)
         return model
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="dstrain export", description=__doc__.split("\n\n")[0])
-    p.add_argument("path", metavar=ARG, help="run folder (OUTPUT_DIR/<recipe name>) or a checkpoints/step* folder")
-    p.add_argument("--format", required=True, help=f"one of {', '.join(ex.FORMATS)}")
-    p.add_argument("--out", required=True, help="folder to write")
-    args = p.parse_args(argv)
-    try:
-        export_checkpoint(args.path, args.format, args.out)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

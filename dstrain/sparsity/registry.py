@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .pruning import CRITERIA, KthSelector
+from dstrain.errors import ConfigError
 
 PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -30,6 +29,12 @@ class PrunableSelection:
     exclude_first_conv: bool = True
     exclude_classifier: bool = True
     field_prefix: str = "pruning"
+
+    @classmethod
+    def from_pruning(cls, pruning: Any) -> "PrunableSelection":
+        """The selection a recipe's ``pruning`` section describes."""
+        return cls(tuple(pruning.include), tuple(pruning.exclude), pruning.exclude_first_conv,
+                   pruning.exclude_classifier)
 
 
 def _default_candidates(model: nn.Module, selection: PrunableSelection) -> List[str]:
@@ -147,15 +152,7 @@ class MaskRegistry:
     def numel(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
-    # --- mask computation --------------------------------------------------------
-    @torch.no_grad()
-    def update(self, sparsity: float, scope: str = "global", selector: Optional[KthSelector] = None) -> float:
-        """Recompute masks by magnitude of the current weights; returns the fraction of mask flips."""
-        if scope not in CRITERIA:
-            raise ConfigError("pruning.scope", f"{scope!r} is not a known scope", f"use one of {sorted(CRITERIA)}")
-        names = self.names()
-        return self.set_masks(CRITERIA[scope]([self.params[n] for n in names], sparsity, selector))
-
+    # --- mask installation ------------------------------------------------------
     @torch.no_grad()
     def set_masks(self, new_masks: Sequence[Tensor]) -> float:
         """Install masks computed elsewhere (in :meth:`names` order), zero the pruned weights; returns the flip rate."""

@@ -1,4 +1,4 @@
-"""The DeepSpeed JSON config, checked at the boundary for the keys dstrain reads.
+"""The DeepSpeed JSON config: checked at the boundary for the keys dstrain reads, then resolved against the recipe.
 
 DeepSpeed validates lazily: ``train_batch_size: "abc"`` or ``zero_optimization: 2``
 surface as a ``ValueError``/``AttributeError`` (or ``ZeroDivisionError`` for an
@@ -9,13 +9,14 @@ other key passes through to DeepSpeed unchanged.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
-from .errors import ConfigError
+from dstrain.errors import ConfigError
 
 Auto = Literal["auto"]
 Count = Optional[Union[Auto, Annotated[StrictInt, Field(gt=0)]]]
@@ -101,3 +102,67 @@ def load_ds_config(path: Union[str, Path], flag: str = "--deepspeed_config") -> 
     except json.JSONDecodeError as err:
         raise ConfigError(str(p), f"is not valid JSON ({err})", "fix the syntax") from None
     return validate_ds_config(data, p)
+
+
+def resolve_ds_config(ds_config: Dict[str, Any], recipe: Any, world: int, device_type: str = "cpu") -> Dict[str, Any]:
+    """Fill batch sizes from the recipe; refuse combinations DeepSpeed would reject later, obscurely."""
+    cfg = copy.deepcopy(validate_ds_config(ds_config))
+    global_batch = recipe.training.batch_size
+    given = cfg.get("train_batch_size", "auto")
+    if given not in ("auto", None) and int(given) != global_batch:
+        raise ConfigError("ds_config.train_batch_size",
+                          f"{given} differs from the recipe's training.batch_size ({global_batch})",
+                          'set it to "auto" (the recipe decides) or make them equal')
+    cfg["train_batch_size"] = global_batch
+    gas = cfg.get("gradient_accumulation_steps", "auto")
+    micro = cfg.get("train_micro_batch_size_per_gpu", "auto")
+    if gas in ("auto", None):
+        gas = 1 if micro in ("auto", None) else max(1, global_batch // (int(micro) * world))
+    if micro in ("auto", None):
+        micro = global_batch // (int(gas) * world)
+    if int(micro) * int(gas) * world != global_batch or int(micro) < 1:
+        raise ConfigError("ds_config.train_micro_batch_size_per_gpu",
+                          f"micro batch {micro} x accumulation {gas} x {world} processes != batch_size {global_batch}",
+                          "pick a batch_size divisible by the number of processes, or set both to auto")
+    cfg["gradient_accumulation_steps"] = int(gas)
+    cfg["train_micro_batch_size_per_gpu"] = int(micro)
+    stage = zero_stage(cfg)
+    if stage == 3:
+        raise ConfigError("ds_config.zero_optimization.stage",
+                          "ZeRO stage 3 is not supported: parameters are gathered on the fly, so masks "
+                          "cannot be applied in the fused optimizer step",
+                          "use stage 1 or 2 (optimizer state and gradients are still partitioned)")
+    if "optimizer" in cfg or "scheduler" in cfg:
+        raise ConfigError("ds_config.optimizer", "the optimizer and LR schedule come from the recipe",
+                          "remove 'optimizer' and 'scheduler' from ds_config.json")
+    if device_type == "cpu" and cfg.get("fp16", {}).get("enabled", False):
+        raise ConfigError("ds_config.fp16.enabled", "DeepSpeed's fp16 path does not train on CPU "
+                          "(loss stays at chance even for a dense model in our checks)",
+                          'use "bf16": {"enabled": true} on CPU; fp16 with loss scaling is for GPUs')
+    cfg["gradient_clipping"] = _gradient_clipping(cfg, recipe)
+    if stage in (1, 2):
+        cfg.setdefault("zero_allow_untested_optimizer", True)
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def zero_stage(cfg: Dict[str, Any]) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def _gradient_clipping(cfg: Dict[str, Any], recipe: Any) -> float:
+    """The recipe's ``training.grad_clip`` as DeepSpeed's ``gradient_clipping`` (0.0 = off).
+
+    Written explicitly because DeepSpeed clips at 1.0 when the key is absent: a config
+    that merely omits it would otherwise train differently from one that sets 0.0.
+    A config that sets another value is refused rather than silently overridden.
+    """
+    want = float(recipe.training.grad_clip or 0.0)
+    given = cfg.get("gradient_clipping")
+    if given is not None and float(given) != want:
+        recipe_value = "none" if recipe.training.grad_clip is None else f"{want:g}"
+        raise ConfigError("ds_config.gradient_clipping",
+                          f"{given} differs from the recipe's training.grad_clip ({recipe_value})",
+                          "remove gradient_clipping from the ds_config (the recipe decides) or set "
+                          "training.grad_clip in the recipe to match")
+    return want

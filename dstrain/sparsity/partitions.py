@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .masks import MaskRegistry
+from dstrain.sparsity.registry import MaskRegistry
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Magnitude pruning criteria that hit the target sparsity exactly and break ties deterministically.
+"""Magnitude pruning that hits the target sparsity exactly and breaks ties deterministically.
 
 A mask keeps ``True`` for surviving weights.  Exactness matters because the
 recipe's sparsity is a promise (a 90% model must have 90% zeros, not 89.7%), and
@@ -8,10 +8,14 @@ index): the earliest equal elements are pruned first.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from dstrain.sparsity.criterion import Criterion
+from dstrain.sparsity.nm import dense_layers, nm_eligible, nm_masks, parse_pattern, registry_is_nm
+from dstrain.sparsity.registry import MaskRegistry
 
 KthSelector = Callable[[Sequence[Tensor], int], float]
 """Returns the exact k-th smallest |w| (1-based) over all elements of the given tensors."""
@@ -44,7 +48,7 @@ def num_to_prune(numel: int, sparsity: float) -> int:
     return int(round(sparsity * numel))
 
 
-def _masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelector) -> List[Tensor]:
+def masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelector) -> List[Tensor]:
     """Prune exactly ``k`` smallest-magnitude elements across ``tensors``."""
     if k <= 0:
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
@@ -75,14 +79,58 @@ def global_magnitude_masks(tensors: Sequence[Tensor], sparsity: float,
     """One threshold over all tensors: layers with small weights lose more."""
     total = sum(t.numel() for t in tensors)
     k = num_to_prune(total, sparsity)
-    return _masks_below_threshold(tensors, k, selector or default_selector(tensors))
+    return masks_below_threshold(tensors, k, selector or default_selector(tensors))
 
 
 def layerwise_magnitude_masks(tensors: Sequence[Tensor], sparsity: float,
                               selector: KthSelector | None = None) -> List[Tensor]:
     """The same sparsity in every tensor (uniform)."""
     sel = selector or default_selector(tensors)
-    return [_masks_below_threshold([t], num_to_prune(t.numel(), sparsity), sel)[0] for t in tensors]
+    return [masks_below_threshold([t], num_to_prune(t.numel(), sparsity), sel)[0] for t in tensors]
 
 
-CRITERIA = {"global": global_magnitude_masks, "layerwise": layerwise_magnitude_masks}
+SCOPES = {"global": global_magnitude_masks, "layerwise": layerwise_magnitude_masks}
+
+
+class MagnitudeCriterion(Criterion):
+    """Prune the smallest |w|: over all prunable weights (``scope: global``), per tensor
+    (``layerwise``), or per group of M along the reduction dimension (``pattern: "N:M"``).
+
+    Pure functions of the weight values, so every data-parallel rank computes the same
+    masks with no communication.
+    """
+
+    name = "magnitude"
+    supports_nm = True
+
+    def __init__(self, pruning: Any, registry: MaskRegistry, settings: Any = None,
+                 selector: Optional[KthSelector] = None) -> None:
+        super().__init__(pruning, registry, settings)
+        self.selector = selector
+        self.nm = parse_pattern(pruning.pattern)
+        self.scope = pruning.scope
+
+    def describe(self) -> List[str]:
+        if self.nm is None:
+            return []
+        dense = dense_layers(self.registry, self.nm)
+        if not dense:
+            return [f"pattern {self.pruning.pattern}: all {len(self.registry.params)} prunable layers are N:M"]
+        listed = ", ".join(f"{n} {list(s)}" for n, s in dense.items())
+        return [f"pattern {self.pruning.pattern}: {len(dense)} prunable layer(s) left dense "
+                f"(reduction length not a multiple of {self.nm[1]}): {listed}"]
+
+    @torch.no_grad()
+    def update(self, sparsity: float, step: int = 0) -> float:
+        tensors = [self.registry.params[n] for n in self.registry.names()]
+        if self.nm is not None:  # N:M: per-group magnitude, scope does not apply
+            masks = nm_masks(tensors, sparsity, self.nm)
+        else:
+            masks = SCOPES[self.scope](tensors, sparsity, self.selector)
+        return self.registry.set_masks(masks)
+
+    def result(self) -> Dict[str, Any]:
+        if self.nm is None:
+            return {}
+        return {"nm_exact": registry_is_nm(self.registry, self.nm),
+                "nm_dense_layers": sorted(n for n, p in self.registry.params.items() if not nm_eligible(p, self.nm))}

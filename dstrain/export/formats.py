@@ -3,9 +3,9 @@ files that are smaller on disk, and a loader that runs 2:4 Linear weights on spa
 
 Why a module of its own, below the trainer, the tasks and the HF helpers: all three export
 (``GlueTask.export``, ``dstrain.hf``, the ``dstrain export`` command in
-:mod:`dstrain.export_cli`), and keeping export free of any of them is what breaks the import
+:mod:`dstrain.export.checkpoint`), and keeping export free of any of them is what breaks the import
 circle tasks/glue.py -> hf.py -> trainer.py -> tasks (``tests/test_export.py`` pins it).
-It imports only torch, safetensors and :mod:`dstrain.nm`.
+It imports only torch, safetensors and :mod:`dstrain.sparsity.nm`.
 
 Formats (``dstrain export --format``):
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .nm import is_nm, nm_eligible
+from dstrain.sparsity.nm import is_nm, nm_eligible
 
 FORMATS = ("torchvision", "hf", "compressed", "semi-structured")
 COMPRESSED_FILE = "model.compressed.safetensors"

@@ -11,7 +11,7 @@ carries a hash of its own contents, so an edited or empty manifest is caught too
 
 The manifest doubles as the completion marker (``dstrain_complete.json``): a folder
 without it was never finished.  It also carries the run's layout and recipe, which
-:mod:`dstrain.resume` compares against the resuming run.
+:mod:`dstrain.run.resume` compares against the resuming run.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
-from .errors import ConfigError
+from dstrain.errors import ConfigError
 
 MANIFEST = "dstrain_complete.json"
 FORMAT = 2  # 1: marker without file hashes (before manifests); refused on resume
@@ -118,34 +118,3 @@ def rewrite_manifest(folder: Path, **changes: Any) -> None:
     data.update(changes)
     data["manifest_sha256"] = _self_digest(data)
     (folder / MANIFEST).write_text(json.dumps(data, indent=1, sort_keys=True))
-
-
-def main(argv=None) -> int:
-    """``dstrain verify``: exit 0 if every checkpoint verifies, 1 if one is damaged, 2 on usage errors."""
-    import argparse
-    import re
-    import sys
-
-    p = argparse.ArgumentParser(prog="dstrain verify", description="Check checkpoints against their manifests "
-                                "(size and SHA-256 of every file). A folder of step folders (a run's "
-                                "checkpoints/) checks each of them.")
-    p.add_argument("paths", nargs="+", metavar="CHECKPOINT")
-    args = p.parse_args(argv)
-    status = 0
-    for arg in args.paths:
-        path = Path(arg)
-        if not path.is_dir():
-            print(f"error: {path} is not a folder — pass a checkpoint (runs/<name>/checkpoints/step...) "
-                  "or a checkpoints/ folder", file=sys.stderr)
-            return 2
-        steps = sorted(c for c in path.iterdir() if c.is_dir() and re.match(r"^step\d+$", c.name))
-        for folder in ([path] if (path / MANIFEST).exists() or not steps else steps):
-            try:
-                data = verify_checkpoint(folder)
-            except CheckpointDamaged as err:
-                print(f"DAMAGED {folder}: {err.file}: {err.reason}")
-                status = 1
-                continue
-            size = sum(f["size"] for f in data["files"].values())
-            print(f"OK {folder}: step {data.get('step')}, {len(data['files'])} files, {size / 2**20:.1f} MiB verified")
-    return status

@@ -10,15 +10,15 @@ weight ``[out, kh, kw, in]``, so a conv group is M consecutive *input channels* 
 ``MagnitudeNMPruner`` use (``weight.permute(0, 2, 3, 1)``).  A group never straddles a
 kernel position or an output row: a layer whose per-row reduction length (Linear
 ``in_features``, Conv ``in_channels / groups``) is not a multiple of M cannot be N:M
-and stays dense (:func:`nm_eligible`; the trainer lists such layers in its log).
+and stays dense (:func:`nm_eligible`; the magnitude criterion lists such layers in the run log).
 
 Ties are exact and deterministic: the M - N smallest magnitudes of a group are pruned,
 equal magnitudes pruned lowest index first (a stable sort), as the unstructured
 criteria prune the earliest equal elements first.  The mask is a pure function of the
 weight values, so every data-parallel rank computes the same one with no communication.
 
-This module is separate from :mod:`dstrain.pruning` (unstructured criteria) on purpose:
-the two share nothing but the mask convention (``True`` = kept).
+This module is pure mask arithmetic; :class:`~dstrain.sparsity.magnitude.MagnitudeCriterion`
+uses it for ``pattern: "N:M"`` recipes.
 """
 from __future__ import annotations
 
@@ -136,18 +136,6 @@ def nm_masks(tensors: Sequence[Tensor], sparsity: float, pattern: NMPattern) -> 
         else:
             out.append(torch.ones_like(t, dtype=torch.bool))
     return out
-
-
-@torch.no_grad()
-def update_registry_nm(registry, sparsity: float, pattern: NMPattern) -> float:
-    """:meth:`MaskRegistry.update` for an N:M pattern: recompute masks, zero pruned weights, return flip rate."""
-    names = registry.names()
-    new_masks = nm_masks([registry.params[n] for n in names], sparsity, pattern)
-    flips = sum(int((new != registry.masks[n]).sum()) for n, new in zip(names, new_masks))
-    for n, new in zip(names, new_masks):
-        registry.masks[n].copy_(new)
-    registry.apply()
-    return flips / max(registry.numel, 1)
 
 
 def dense_layers(registry, pattern: NMPattern) -> Dict[str, Tuple[int, ...]]:

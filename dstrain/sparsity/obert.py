@@ -4,9 +4,9 @@ At a mask update the pruner (1) collects ``num_grads`` mini-batch gradients of t
 training loss (the trainer's loss, with distillation when the recipe has it) with the
 model in eval mode, as SparseML's OBSPruningModifier does (no dropout noise, no
 BatchNorm statistics updated by the collection); (2) feeds each into the block
-inverse Fisher (:mod:`dstrain.obert`); (3) scores every weight and picks the global
+inverse Fisher (:mod:`dstrain.sparsity.fisher`); (3) scores every weight and picks the global
 (or per-tensor) lowest scores with the exact count and the tie-break of the magnitude
-path (:func:`dstrain.pruning._masks_below_threshold`: tensor order, then flat index);
+path (:func:`dstrain.sparsity.magnitude.masks_below_threshold`: tensor order, then flat index);
 (4) applies the multi-weight OBS correction to the surviving weights of every block.
 
 Distribution: every rank owns a fixed contiguous 1/world share of the blocks (the
@@ -21,19 +21,19 @@ weights are bit-identical on all ranks and the selection needs no further agreem
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .masks import MaskRegistry
-from .obert import BlockFisherInverse, BlockLayout, fisher_bytes
-from .pruning import KthSelector, _masks_below_threshold, default_selector, num_to_prune
+from dstrain.errors import ConfigError
+from dstrain.sparsity.criterion import Criterion, DataHooks, StrictSettings
+from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
+from dstrain.sparsity.magnitude import KthSelector, default_selector, masks_below_threshold, num_to_prune
+from dstrain.sparsity.registry import MaskRegistry
 
-BatchSource = Callable[[int], Iterator[Any]]
-"""Given the recipe step of the update, yields gradient mini-batches (this rank's part of each)."""
 
 
 def _world() -> tuple:
@@ -70,22 +70,37 @@ def check_fits(numels: List[int], block_size: int, world: int, free: int, device
     return need
 
 
-class ObertPruner:
-    """Mask updater for the recipe scheduler: ``update(sparsity, step)`` returns the fraction of mask flips."""
+class ObertSettings(StrictSettings):
+    """``pruning.obert``: the oBERT settings (defaults: the oBERT MNLI/QQP recipes, see docs/criteria.md)."""
 
-    def __init__(self, spec, registry: MaskRegistry, scope: str = "global",
+    num_grads: int = Field(default=1024, ge=1, description="mini-batch gradients per mask update (m)")
+    block_size: int = Field(default=50, ge=1, description="weights per diagonal Fisher block (B)")
+    damping: float = Field(default=1e-7, gt=0, description="lambda in F = lambda I + (1/m) sum g g^T")
+    weight_update: bool = Field(default=True, description="apply the OBS correction to the surviving weights")
+    grad_batch_size: Optional[int] = Field(default=None, ge=1, description="samples per gradient over all "
+                                           "ranks; default training.batch_size")
+
+
+class ObertCriterion(Criterion):
+    """oBERT: prune the weights whose removal costs the least loss under the block Fisher, and correct the rest."""
+
+    name = "obert"
+    Settings = ObertSettings
+    needs_data = True
+
+    def __init__(self, pruning: Any, registry: MaskRegistry, settings: Optional[ObertSettings] = None,
                  selector: Optional[KthSelector] = None) -> None:
-        self.spec = spec
-        self.registry = registry
-        self.scope = scope
+        super().__init__(pruning, registry, settings or ObertSettings())
+        self.spec = self.settings
+        self.scope = pruning.scope
         self.selector = selector
         self.model: Optional[nn.Module] = None
         self.log: List[Dict[str, float]] = []
 
-    def attach(self, model: nn.Module, loss_fn: Callable[[Any], Tensor], batches: BatchSource,
-               write_masters: Optional[Callable[[Dict[str, Tensor]], None]] = None) -> None:
-        """Give the pruner what it needs once the engine exists (the controller defers the first update)."""
-        self.model, self.loss_fn, self.batches, self.write_masters = model, loss_fn, batches, write_masters
+    def attach(self, hooks: DataHooks) -> None:
+        """Take the model, loss and gradient batches once the engine exists (the controller defers the first update)."""
+        self.model, self.loss_fn, self.batches, self.write_masters = (hooks.model, hooks.loss, hooks.batches,
+                                                                      hooks.write_masters)
         rank, world = _world()
         device = next(iter(self.registry.params.values())).device
         self.memory = check_fits([p.numel() for p in self.registry.params.values()], self.spec.block_size,
@@ -120,15 +135,15 @@ class ObertPruner:
     def _select(self, score_tensors: List[Tensor], sparsity: float) -> List[Tensor]:
         selector = self.selector or default_selector(score_tensors)
         if self.scope == "layerwise":
-            return [_masks_below_threshold([s], num_to_prune(s.numel(), sparsity), selector)[0]
+            return [masks_below_threshold([s], num_to_prune(s.numel(), sparsity), selector)[0]
                     for s in score_tensors]
         k = num_to_prune(sum(s.numel() for s in score_tensors), sparsity)
-        return _masks_below_threshold(score_tensors, k, selector)
+        return masks_below_threshold(score_tensors, k, selector)
 
     @torch.no_grad()
     def update(self, sparsity: float, step: int = 0) -> float:
         if self.model is None:
-            raise RuntimeError("ObertPruner.update before attach(): the trainer attaches it after deepspeed.initialize")
+            raise RuntimeError("ObertCriterion.update before attach(): the trainer attaches it after deepspeed.initialize")
         t0 = time.perf_counter()
         rank, world = _world()
         names = self.registry.names()

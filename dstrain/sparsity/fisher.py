@@ -24,7 +24,7 @@ blocks (one padded linear solve per block: no Python loop over blocks).
 Blocks are laid out per tensor as in SparseML's ``EmpiricalBlockFisherInverse``: each
 tensor's flat weights are cut into blocks of B, its last block zero-padded.  Padding
 positions get zero gradients, so they are decoupled from the real weights and never
-change them.  This module is pure arithmetic; :mod:`dstrain.obert_pruner` collects the
+change them.  This module is pure arithmetic; :mod:`dstrain.sparsity.obert` collects the
 gradients, splits the blocks across ranks and selects the weights to prune.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ def solve_chunk(block_size: int) -> int:
 
 
 def fisher_bytes(numels: Sequence[int], block_size: int, world: int, element_bytes: int = 4) -> dict:
-    """Memory one rank needs for an oBERT mask update (what :class:`~dstrain.obert_pruner.ObertPruner` allocates).
+    """Memory one rank needs for an oBERT mask update (what :class:`~dstrain.sparsity.obert.ObertPruner` allocates).
 
     ``fisher``: its share of the B x B inverse-Fisher blocks; ``vectors``: full-length
     fp32 buffers every rank holds (the gradient as autograd returns it, its padded

@@ -1,0 +1,24 @@
+"""``dstrain export RUN_OR_CHECKPOINT --format FORMAT --out DIR``: write a trained run for the people who use it."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from dstrain.errors import ConfigError
+from dstrain.export.checkpoint import ARG, export_checkpoint
+from dstrain.export.formats import FORMATS
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="dstrain export", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", metavar=ARG, help="run folder (OUTPUT_DIR/<recipe name>) or a checkpoints/step* folder")
+    p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--out", required=True, help="folder to write")
+    args = p.parse_args(argv)
+    try:
+        export_checkpoint(args.path, args.format, args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,134 @@
+"""Reading and writing recipes: YAML in, a validated :class:`~dstrain.recipe.spec.Recipe` out, and back.
+
+Validation happens once, at load: every mistake is reported as a
+:class:`~dstrain.errors.ConfigError` naming the field (``pruning.schedule.end``) and
+what to do about it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import yaml
+from pydantic import ValidationError
+
+from dstrain.errors import ConfigError
+from dstrain.recipe.checks import check_cross_fields
+from dstrain.recipe.spec import SCHEDULE_KINDS, Recipe
+
+
+def _flow(value: Any) -> str:
+    """One-line YAML flow style (a scalar alone would get a document-end marker)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=1000, sort_keys=False).strip()
+    return text[1:-1]
+
+
+def dump_recipe(data: Dict[str, Any], comments: str = "") -> str:
+    """Recipe dict -> compact, commented YAML (one line per section, pruning key by key).
+
+    The generators in recipes/ use it so that hand-read recipes stay short; the result
+    loads back with :func:`load_recipe`.
+    """
+    lines = []
+    for key, value in data.items():
+        if key == "pruning" and isinstance(value, dict):
+            lines.append("pruning:")
+            lines.extend(f"  {k}: {_flow(v)}" for k, v in value.items())
+        elif isinstance(value, dict):
+            lines.append(f"{key}: {_flow(value)}")
+        else:
+            lines.append(f"{key}: {value}" if key in ("name", "description") else f"{key}: {_flow(value)}")
+    head = comments if not comments or comments.endswith("\n") else comments + "\n"
+    return head + "\n".join(lines) + "\n"
+
+
+def write_recipe(path: Union[str, Path], data: Dict[str, Any], comments: str = "") -> Recipe:
+    """Write :func:`dump_recipe` output and prove it: it must read back equal and validate."""
+    path = Path(path)
+    path.write_text(dump_recipe(data, comments))
+    if yaml.safe_load(path.read_text()) != json.loads(json.dumps(data)):  # tuples come back as lists
+        raise ValueError(f"{path} does not round-trip through YAML")
+    return load_recipe(path)
+
+
+def write_recipe_grid(folder: Union[str, Path], header: str,
+                      grid: Iterable[Tuple[str, Dict[str, Any], str]]) -> List[Path]:
+    """Write a generator's recipes (stem, data, note) into ``folder`` with :func:`write_recipe`.
+
+    One writer for every recipes/*/generate.py, so each shipped recipe is proved to
+    round-trip and validate in the same way; returns the written paths.
+    """
+    written = []
+    for stem, data, note in grid:
+        path = Path(folder) / f"{stem}.yaml"
+        write_recipe(path, data, header + "\n" + note + "\n")
+        written.append(path)
+    return written
+
+
+def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
+    first = err.errors()[0]
+    if first["type"] == "criterion_settings":  # an error inside pruning.<criterion>: report it at its own place
+        inner = first["ctx"]
+        first = {**inner, "loc": (*first["loc"], *inner["loc"])}
+    parts = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    # pydantic puts the union tag (e.g. "gmp") into the path; users never write it
+    parts = [p for i, p in enumerate(parts) if not (p in SCHEDULE_KINDS and i and parts[i - 1] == "schedule")]
+    loc = ".".join(parts)
+    msg = first["msg"].removeprefix("Value error, ")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        fix = "remove it or check its spelling against the recipe format in README.md"
+        msg = "unknown key"
+    elif kind == "missing":
+        fix = "add it (e.g. task: {name: digits}; there is no default task)" if loc == "task" else "add it"
+        msg = "required field is missing"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        fix = "set kind to one of dense, constant, oneshot, gmp, acdc"
+    else:
+        fix = f"got {first.get('input')!r}" if not isinstance(first.get("input"), dict) else ""
+    extra = f" ({len(err.errors()) - 1} more error(s) after fixing this)" if len(err.errors()) > 1 else ""
+    return ConfigError(f"{source}: {loc or '<top level>'}", msg + extra, fix)
+
+
+def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(source, "recipe must be a YAML mapping at top level", "see recipes/ for examples")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise _format_validation_error(err, source) from None
+    check_cross_fields(recipe, source)
+    return recipe
+
+
+def load_recipe(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Recipe:
+    """Read and validate a YAML recipe; ``overrides`` maps dotted keys to values (CLI --set)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--recipe", f"{path} does not exist", "pass a YAML file, e.g. recipes/digits_gmp90.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("--recipe", f"{path} is not a text file (not UTF-8)",
+                          "pass a YAML recipe, e.g. recipes/digits_gmp90.yaml") from None
+    except yaml.YAMLError as err:
+        problem = " ".join(str(err).split())  # one line
+        raise ConfigError(str(path), f"is not valid YAML ({problem})", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"is {'empty' if data is None else 'a YAML ' + type(data).__name__}, "
+                          "not a recipe mapping", "see recipes/ for examples")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return parse_recipe(data, str(path))
+
+
+def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}", f"{part} is not a section", "override a leaf key")
+    node[parts[-1]] = value
