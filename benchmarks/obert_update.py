@@ -22,7 +22,7 @@ import time
 import torch
 
 from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
-from dstrain.sparsity.magnitude import _masks_below_threshold, default_selector, num_to_prune
+from dstrain.sparsity.magnitude import masks_below_threshold, default_selector, num_to_prune
 
 NUMELS = [768 * 768] * 48 + [768 * 3072] * 24
 
@@ -66,7 +66,7 @@ def main() -> None:
     tensors = [s.view(-1) for s in layout.unpad(scores)]
     t, c = time.perf_counter(), time.process_time()
     k = num_to_prune(sum(NUMELS), args.sparsity)
-    masks = _masks_below_threshold(tensors, k, default_selector(tensors))
+    masks = masks_below_threshold(tensors, k, default_selector(tensors))
     out["global_select_s"] = time.perf_counter() - t
     out["global_select_cpu_s"] = time.process_time() - c
     pruned = layout.pad([~m for m in masks])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dstrain import kernels
-from dstrain.sparsity.magnitude import _masks_below_threshold, torch_kth_smallest_abs
+from dstrain.sparsity.magnitude import masks_below_threshold, torch_kth_smallest_abs
 from dstrain.kernels import kth_smallest_abs, kth_smallest_abs_torch, kth_smallest_abs_triton
 
 SELECTORS = {"dispatch": kth_smallest_abs, "torch": kth_smallest_abs_torch, "triton": kth_smallest_abs_triton}
@@ -68,8 +68,8 @@ def test_pruning_masks_identical_with_radix_selector():
     gen = torch.Generator().manual_seed(2)
     tensors = [torch.randint(-4, 5, (6, 5), generator=gen).float(), torch.randint(-4, 5, (17,), generator=gen).float()]
     k = 30
-    want = _masks_below_threshold(tensors, k, torch_kth_smallest_abs)
-    got = _masks_below_threshold(tensors, k, kernels.kth_smallest_abs_triton)
+    want = masks_below_threshold(tensors, k, torch_kth_smallest_abs)
+    got = masks_below_threshold(tensors, k, kernels.kth_smallest_abs_triton)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     assert sum(int((~m).sum()) for m in got) == k

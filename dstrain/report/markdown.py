@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from dstrain.report.runs import (
     Run,
     _best,
+    _diff,
     _gap,
     dense_reference,
     late_drop,
@@ -127,10 +128,6 @@ def length_effects(runs: Sequence[Run]) -> List[Dict[str, Any]]:
             "gap_long": _gap(long, dense_reference(long, runs)),
         })
     return out
-
-
-def _diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return None if a is None or b is None else a - b
 
 
 def markdown(runs: Sequence[Run]) -> str:

@@ -170,3 +170,7 @@ def mean_mask_change(run: Run) -> Optional[float]:
 def _best(run: Run) -> Optional[float]:
     values = [v for v in run.series(f"val_{run.metric}") if v is not None]
     return max(values) if values else None
+
+
+def _diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b

@@ -5,8 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from dstrain.report.markdown import _diff
-from dstrain.report.runs import Run, _gap, dense_reference
+from dstrain.report.runs import Run, _diff, _gap, dense_reference
 
 # --- across seeds ----------------------------------------------------------------------------
 NOISE_SE = 2.0  # a difference "exceeds noise" when it is more than this many standard errors from 0
