@@ -25,27 +25,27 @@ class CollectiveCounter:
     def __init__(self) -> None:
         import torch.distributed as dist
 
-        from dstrain.sparsity.registry import MaskRegistry
+        from dstrain.sparsity.magnitude import MagnitudeCriterion
 
         self.inside, self.count, self.updates = False, 0, 0
         for name in self.NAMES:
             original = getattr(dist, name)
             setattr(dist, name, self._counting(original))
-        update = MaskRegistry.update
+        update = MagnitudeCriterion.update
 
-        def counted_update(registry, *args, **kwargs):
+        def counted_update(criterion, *args, **kwargs):
             self.inside, self.updates = True, self.updates + 1
             try:
-                return update(registry, *args, **kwargs)
+                return update(criterion, *args, **kwargs)
             finally:
                 self.inside = False
 
-        MaskRegistry.update = counted_update
+        MagnitudeCriterion.update = counted_update
 
-        from dstrain.sparsity.obert import ObertPruner
+        from dstrain.sparsity.obert import ObertCriterion
 
         self.obert_count, self.obert_updates = 0, 0
-        obert_update = ObertPruner.update
+        obert_update = ObertCriterion.update
 
         def counted_obert_update(pruner, *args, **kwargs):
             before = self.count
@@ -57,7 +57,7 @@ class CollectiveCounter:
                 self.obert_count += self.count - before
                 self.count = before
 
-        ObertPruner.update = counted_obert_update
+        ObertCriterion.update = counted_obert_update
 
     def _counting(self, fn):
         def wrapper(*args, **kwargs):

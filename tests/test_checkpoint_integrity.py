@@ -145,8 +145,8 @@ def test_recipe_differences_ignore_only_the_safe_fields():
     changed["training"]["batch_size"] = 64
     changed["optimizer"]["name"] = "adamw"
     changed["task"]["arch_options"]["depth"] = 14
-    assert [k for k, _, _ in recipe_differences(base, changed)] == [
-        "task.arch_options.depth", "training.batch_size", "optimizer.name"]
+    assert [k for k, _, _ in recipe_differences(base, changed)] == [  # the backend is safe for SGD only
+        "task.arch_options.depth", "training.batch_size", "optimizer.name", "optimizer.backend"]
     assert "training.eval_every" in SAFE_TO_CHANGE and "training.epochs" not in SAFE_TO_CHANGE
 
 

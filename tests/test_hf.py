@@ -78,9 +78,9 @@ def _hf_trainer(recipe, out_dir, extra_callbacks=()):
     from transformers import Trainer, TrainerCallback as HFCallback, TrainingArguments
 
     from dstrain.tasks import build_task
-    from dstrain.run.trainer import _seed_everything
+    from dstrain.run.seeding import seed_everything
 
-    _seed_everything(recipe.training.seed)
+    seed_everything(recipe.training.seed)
     task = build_task(recipe.task)
     model = task.build_model()
     train_set, _ = task.build_datasets()

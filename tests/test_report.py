@@ -4,6 +4,7 @@ import json
 import pytest
 
 from dstrain import cli, report
+from dstrain.cli import report as cli_report
 from helpers import run, tiny_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +33,7 @@ def _table(md):
 
 
 def test_report_from_two_real_runs(two_runs, tmp_path, capsys):
-    assert report.main([str(two_runs / "tiny_dense"), str(two_runs / "tiny_gmp"), "--out", str(tmp_path)]) == 0
+    assert cli_report.main([str(two_runs / "tiny_dense"), str(two_runs / "tiny_gmp"), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert md in capsys.readouterr().out
     header, rows = _table(md)
@@ -137,7 +138,7 @@ def test_missing_or_broken_files_give_one_clear_error(tmp_path, capsys, damage, 
         (path / "metrics.jsonl").write_text("")
     elif damage == "garbled":
         (path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, \n')
-    assert report.main([str(target), "--out", str(tmp_path / "out")]) == 2
+    assert cli_report.main([str(target), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and "Traceback" not in err
     assert not (tmp_path / "out" / "report.md").exists()

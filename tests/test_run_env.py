@@ -54,8 +54,7 @@ def test_one_tensorboard_event_set_per_run(tmp_path):
 
 
 def test_keep_last_is_a_flag(tmp_path):
-    sys.path.insert(0, str(REPO / "launch"))
-    from train import main, parse_args
+    from dstrain.cli.train import main, parse_args
 
     assert parse_args([]).keep_last == 2 and parse_args(["--keep_last", "1"]).keep_last == 1
     assert main(["--recipe", str(REPO / "recipes" / "digits_dense.yaml"), "--output_dir", str(tmp_path),

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dstrain.run.trainer import SparseTrainer
+from typing import Any, Dict, Optional
 
 
 @dataclass
@@ -30,7 +27,10 @@ class TrainerOptions:
 
 
 class TrainerCallback:
-    """Hooks into the loop (like transformers' TrainerCallback); override what you need."""
+    """Hooks into the loop (like transformers' TrainerCallback); override what you need.
 
-    def on_step_end(self, trainer: "SparseTrainer") -> None:
+    Each hook gets the running :class:`~dstrain.run.trainer.SparseTrainer`.
+    """
+
+    def on_step_end(self, trainer: Any) -> None:
         """After every applied optimizer step (and the recipe scheduler's update)."""
