@@ -20,7 +20,6 @@ Pruned elements are written as +0.0 in the parameter and both moments.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -30,8 +29,18 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _runtime
-from ._tl import (GRAD_KINDS, block_offsets, fma, grad_ptr, load_block, load_keep, mask_ptr, store_block,
-                  typed_ptr)
+from ._tl import (
+    GRAD_KINDS,
+    block_offsets,
+    fma,
+    grad_ptr,
+    load_block,
+    load_keep,
+    mask_ptr,
+    store_block,
+    typed_ptr,
+)
+from .adamw_scalars import adamw_step_scalars
 from .bitmask import Mask, mask_kind, mask_storage
 from .multi_tensor import LaunchGroup, group_indices, is_aligned
 from .validate import GRAD_DTYPES, check_lengths, check_like, check_mask, check_param
@@ -108,13 +117,6 @@ def _masked_adamw_kernel(
 
 
 _kernel = _runtime.jit_tuned(_masked_adamw_kernel, key=["tune_key", "GRAD_KIND", "MASK_KIND", "ALIGNED"])
-
-
-def _step_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple:
-    """(-step_size, sqrt(bias_correction2)) in double precision, exactly as the reference computes them."""
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    return -(lr / bias_correction1), math.sqrt(bias_correction2)
 
 
 def _check(params, grads, exp_avgs, exp_avg_sqs, masks) -> None:
@@ -207,10 +209,10 @@ class AdamWPlan:
         for group in self.groups:
             group_steps = {step} if steps is None else {int(steps[i]) for i in group.indices}
             per_tensor = len(group_steps) > 1
-            neg_ss, bc2 = _step_scalars(lr, beta1, beta2, next(iter(group_steps)))
+            neg_ss, bc2 = adamw_step_scalars(lr, beta1, beta2, next(iter(group_steps)))
             neg_ss_tab = bc2_tab = group.no_table
             if per_tensor:
-                pairs = [_step_scalars(lr, beta1, beta2, int(steps[i])) for i in group.indices]
+                pairs = [adamw_step_scalars(lr, beta1, beta2, int(steps[i])) for i in group.indices]
                 tables = torch.tensor(pairs, dtype=torch.float32).t().contiguous().to(group.device)
                 neg_ss_tab, bc2_tab = tables[0], tables[1]
             if group.flags["PER_TENSOR_STEP"] != per_tensor:

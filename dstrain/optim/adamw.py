@@ -41,48 +41,37 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         super().__init__(params, defaults)
         self._init_masking(backend, mask_source)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        for index, group in enumerate(self.param_groups):
-            if self._triton_step(index, group) or self._cpu_step(index, group):
-                continue
-            params = [p for p in group["params"] if p.grad is not None]
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    # fp32 state even for low-precision params: the moments need the range.
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] = state["step"] + 1  # not in place: a loaded state_dict may share it
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(int(state["step"].item()))
-            grads = [p.grad for p in params]
-            masks = self.masks_for(params)
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                         weight_decay=group["weight_decay"], maximize=group["maximize"])
-            if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
-                from dstrain.optim.cpu_kernels import fused_masked_adamw_cpu
+    def _plain_step(self, group: dict, backend: str) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        exp_avgs, exp_avg_sqs, steps = [], [], []
+        for p in params:
+            state = self._init_state(p)
+            state["step"] = state["step"] + 1  # not in place: a loaded state_dict may share it
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(int(state["step"].item()))
+        grads = [p.grad for p in params]
+        beta1, beta2 = group["betas"]
+        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                     weight_decay=group["weight_decay"], maximize=group["maximize"])
+        if backend == "cpu":
+            from dstrain.optim.cpu_kernels import fused_masked_adamw_cpu
 
-                fused_masked_adamw_cpu(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
-            else:
-                masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, masks, **hyper)
-        return loss
+            fused_masked_adamw_cpu(params, grads, exp_avgs, exp_avg_sqs, steps, self.masks_for(params), **hyper)
+        else:
+            masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, self.masks_for(params), **hyper)
 
-    # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------
     def _init_state(self, p) -> dict:
+        """The parameter's state, created on its first step: fp32 moments even for low-precision
+        parameters (the second moment needs the range)."""
         state = self.state[p]
         if len(state) == 0:
-            # fp32 state even for low-precision params: the moments need the range.
             state["step"] = torch.tensor(0.0)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
+    # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------
     def _flags_key(self, group: dict) -> tuple:
         return (group["betas"][0], group["maximize"])
 
@@ -109,13 +98,14 @@ class MaskedAdamW(MaskedOptimizerMixin, Optimizer):
         return all(len(self.state[p]) > 0 for p in params)
 
     def _run_cpu_plan(self, plan, group, grads) -> None:
-        from dstrain.optim.cpu_kernels import _adamw_scalars, adamw_with_storages
+        from dstrain.kernels.adamw_scalars import adamw_scalars_per_tensor
+        from dstrain.optim.cpu_kernels import adamw_with_storages
 
         counters = plan.counters
         counters.count()
         beta1, beta2 = group["betas"]
         lr, steps = group["lr"], counters.per_tensor()
-        neg_step_sizes, bc2_sqrts = _adamw_scalars(lr, beta1, beta2, steps)  # computed once per distinct count
+        neg_step_sizes, bc2_sqrts = adamw_scalars_per_tensor(lr, beta1, beta2, steps)  # computed once per distinct count
         tensors = plan.snapshot.tensors
         adamw_with_storages(plan.stepped, grads, tensors["exp_avg"], tensors["exp_avg_sq"], steps,
                             plan.stepped_masks, plan.mask_storages, neg_step_sizes, bc2_sqrts, lr=lr, beta1=beta1,

@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from dstrain.optim.prepared_state import GRAD, StateSnapshot, StepCounters
+from dstrain.optim.prepared_state import GRAD, StateSnapshot, StepCounters, same_objects
 
 MaskSource = Callable[[Tensor], Optional[Tensor]]
 """Maps a parameter (the tensor the optimizer updates) to its bool mask, or None if dense."""
@@ -23,6 +23,7 @@ def _drop_plans(optimizer) -> None:
     """load_state_dict post-hook (a module function, so the optimizer stays picklable)."""
     optimizer._plans.clear()
     optimizer._cpu_plans.clear()
+    optimizer._backends.clear()
 
 
 class MaskedOptimizerMixin:
@@ -46,12 +47,44 @@ class MaskedOptimizerMixin:
         self.masking_enabled = True
         self._plans: Dict[int, Any] = {}  # param group index -> triton_step.GroupPlan
         self._cpu_plans: Dict[int, Any] = {}  # param group index -> cpu_step.CpuPlan
+        self._backends: Dict[int, Tuple[List[Tensor], str]] = {}  # param group index -> (its params, backend)
         self.register_load_state_dict_post_hook(_drop_plans)  # the state tensors were replaced
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # torch pickles defaults, state and param_groups only
         self._plans = {}
         self._cpu_plans = {}
+        self._backends = {}
+
+    def _group_backend(self, index: int, group: dict) -> str:
+        """The backend that steps ``group``: decided once for its tensors (:meth:`resolve_backend`), then cached.
+
+        A group whose tensors change (another list, another mask source, a loaded state)
+        is decided afresh.
+        """
+        params = group["params"]
+        cached = self._backends.get(index)
+        if cached is not None and same_objects(cached[0], params):
+            return cached[1]
+        backend = self.resolve_backend(list(params))
+        self._backends[index] = (list(params), backend)
+        return backend
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step of every param group, each on the backend decided for it (:meth:`_group_backend`)."""
+        loss = self._closure_loss(closure)
+        for index, group in enumerate(self.param_groups):
+            backend = self._group_backend(index, group)
+            if backend == "triton":
+                self._triton_step(index, group)
+            elif not (backend == "cpu" and self._cpu_step(index, group)):
+                self._plain_step(group, backend)
+        return loss
+
+    def _plain_step(self, group: dict, backend: str) -> None:
+        """The step without a prepared plan: the PyTorch reference (``torch``) or the unplanned C++ kernel (``cpu``)."""
+        raise NotImplementedError
 
     @staticmethod
     def _closure_loss(closure) -> Optional[Tensor]:
@@ -90,17 +123,13 @@ class MaskedOptimizerMixin:
         """The step counters (AdamW) and the state tensors a prepared step holds for ``params``."""
         raise NotImplementedError
 
-    def _triton_step(self, index: int, group: dict) -> bool:
-        """Step ``group`` with the fused kernels if its backend is Triton; False sends it to the PyTorch path.
+    def _triton_step(self, index: int, group: dict) -> None:
+        """Step ``group`` (whose backend is Triton) with the fused kernels through its cached plan.
 
         The host work is the cheap check of :mod:`dstrain.optim.triton_step` while the
         group's plan still fits; the plan is (re)built, with every argument check, only
         when it does not.
         """
-        first = group["params"][0] if group["params"] else None
-        if self.backend in ("torch", "cpu") or (self.backend == "auto" and first is not None and not first.is_cuda):
-            self._plans.pop(index, None)  # 'auto' sends CPU tensors to the C++ step or the reference, never to Triton
-            return False
         from dstrain.optim.triton_step import GroupPlan
 
         params = group["params"]
@@ -110,21 +139,19 @@ class MaskedOptimizerMixin:
         plan = self._plans.get(index)
         if plan is not None and plan.group is group and plan.matches(params, grads, masks, flags_key):
             self._run_plan(plan, group)
-            return True
+            return
+        self._plans.pop(index, None)
         present = [i for i, g in enumerate(grads) if g is not None]
         stepped = [params[i] for i in present]
-        if not stepped or self.resolve_backend(stepped) != "triton":
-            self._plans.pop(index, None)  # the PyTorch path replaces state tensors: plan afresh later
-            return not stepped
+        if not stepped:
+            return
         step_grads = [grads[i] for i in present]
         step_masks = [None] * len(stepped) if masks is None else [masks[i] for i in present]
-        self._plans.pop(index, None)
         kernel_plan = self._build_plan(group, stepped, step_grads, step_masks)
         plan = GroupPlan(group, list(params), masks, present, step_grads, kernel_plan, flags_key)
         plan.counters, plan.snapshot = self._prepared_state(group, stepped)
         self._plans[index] = plan
         self._run_plan(plan, group)
-        return True
 
     # --- the C++ CPU path ----------------------------------------------------------
     def _state_ready(self, group: dict, params: List[Tensor]) -> bool:
@@ -135,7 +162,8 @@ class MaskedOptimizerMixin:
         raise NotImplementedError
 
     def _cpu_step(self, index: int, group: dict) -> bool:
-        """Step ``group`` with the C++ kernel through a cached :class:`~.cpu_step.CpuPlan`; False: the plain path.
+        """Step ``group`` (whose backend is the C++ kernel) through a cached :class:`~.cpu_step.CpuPlan`;
+        False until the first step has created the state (the caller then takes the unplanned C++ step).
 
         The plain path does per-parameter Python each step (state lookups, a new step
         tensor and an ``.item()`` per parameter, mask storages).  On the idle 2-core
@@ -146,9 +174,6 @@ class MaskedOptimizerMixin:
         creates the state) and rebuilt whenever the tensors, masks or state it holds change.
         """
         params = group["params"]
-        if not params or self.backend in ("torch", "triton") or params[0].is_cuda:
-            self._cpu_plans.pop(index, None)
-            return False
         from dstrain.optim.cpu_step import CpuPlan
 
         grads = list(map(GRAD, params))
@@ -160,7 +185,7 @@ class MaskedOptimizerMixin:
             self._cpu_plans.pop(index, None)
             present = [i for i, g in enumerate(grads) if g is not None]
             stepped = [params[i] for i in present]
-            if not stepped or self.resolve_backend(stepped) != "cpu" or not self._state_ready(group, stepped):
+            if not stepped or not self._state_ready(group, stepped):
                 return False
             counters, snapshot = self._prepared_state(group, stepped)
             plan = CpuPlan(params, masks, present, counters, snapshot, flags_key)

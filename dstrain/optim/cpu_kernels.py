@@ -42,7 +42,6 @@ never sends them here).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -56,6 +55,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from dstrain.kernels.adamw_scalars import adamw_scalars_per_tensor
 from dstrain.optim.functional import masked_adamw, masked_sgd
 
 log = logging.getLogger(__name__)
@@ -217,22 +217,6 @@ def sgd_with_storages(params: Sequence[Tensor], grads: Sequence[Tensor], momentu
             momentum_buffers[i] = b
 
 
-def _adamw_scalars(lr: float, beta1: float, beta2: float, steps: Sequence[int]):
-    """Per-tensor (-step_size, sqrt(bias_correction2)) in double precision, as the reference computes them."""
-    cache = {}
-    neg_ss, bc2 = [], []
-    for i, step in enumerate(steps):
-        step = int(step)
-        if step not in cache:
-            if step < 1:
-                raise ValueError(f"steps[{i}]={step}: the step count includes this step, so it must be >= 1")
-            cache[step] = (-(lr / (1 - beta1**step)), math.sqrt(1 - beta2**step))
-        a, b = cache[step]
-        neg_ss.append(a)
-        bc2.append(b)
-    return neg_ss, bc2
-
-
 def fused_masked_adamw_cpu(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -258,7 +242,7 @@ def fused_masked_adamw_cpu(
         masked_adamw(params, grads, exp_avgs, exp_avg_sqs, steps, [_bool_mask(m) for m in masks], lr=lr,
                      beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
         return
-    neg_ss, bc2 = _adamw_scalars(lr, beta1, beta2, steps)
+    neg_ss, bc2 = adamw_scalars_per_tensor(lr, beta1, beta2, steps)
     adamw_with_storages(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), steps, masks,
                         _mask_tensors(masks), neg_ss, bc2,
                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)

@@ -13,11 +13,12 @@ functions to fp32 rounding.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from dstrain.kernels.adamw_scalars import adamw_step_scalars
 
 
 def _zero_pruned(mask: Optional[Tensor], *tensors: Tensor) -> None:
@@ -99,10 +100,7 @@ def masked_adamw(
         param.mul_(1 - lr * weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = math.sqrt(bias_correction2)
+        neg_step_size, bias_correction2_sqrt = adamw_step_scalars(lr, beta1, beta2, step)
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        param.addcdiv_(exp_avg, denom, value=neg_step_size)
         _zero_pruned(masks[i], param, exp_avg, exp_avg_sq)

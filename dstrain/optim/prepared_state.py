@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-
 GRAD = operator.attrgetter("grad")
 """``map(GRAD, params)``: every parameter's ``.grad`` without a Python frame per parameter."""
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch.optim import Optimizer
 
 from dstrain.optim.base import MaskedOptimizerMixin, MaskSource
@@ -44,29 +43,21 @@ class MaskedSGD(MaskedOptimizerMixin, Optimizer):
         super().__init__(params, defaults)
         self._init_masking(backend, mask_source)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        for index, group in enumerate(self.param_groups):
-            if self._triton_step(index, group) or self._cpu_step(index, group):
-                continue
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params]
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
-            masks = self.masks_for(params)
-            hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                         nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                         maximize=group["maximize"])
-            if self.resolve_backend(params) == "cpu":  # Triton groups were stepped above
-                from dstrain.optim.cpu_kernels import fused_masked_sgd_cpu
+    def _plain_step(self, group: dict, backend: str) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        bufs = [self.state[p].get("momentum_buffer") for p in params]
+        hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                     nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"])
+        if backend == "cpu":
+            from dstrain.optim.cpu_kernels import fused_masked_sgd_cpu
 
-                fused_masked_sgd_cpu(params, grads, bufs, masks, **hyper)
-            else:
-                masked_sgd(params, grads, bufs, masks, **hyper)
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
-        return loss
+            fused_masked_sgd_cpu(params, grads, bufs, self.masks_for(params), **hyper)
+        else:
+            masked_sgd(params, grads, bufs, self.masks_for(params), **hyper)
+        if group["momentum"] != 0:
+            for p, buf in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = buf
 
     # --- the Triton path (see MaskedOptimizerMixin._triton_step) ---------------------
     def _flags_key(self, group: dict) -> tuple:
