@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The under-training grid on Fashion-MNIST (issue 15): recipes/fashion/ with several seeds.
+"""The under-training grid on Fashion-MNIST: recipes/fashion/ with several seeds.
 
     apt-get install dataset-fashion-mnist                  # the data: /usr/share/datasets/fashion-mnist/
     python benchmarks/replicate_fashion.py                 # whole grid -> runs/fashion/, report -> docs/fashion/

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Small-data replication of the ResNet50/ImageNet sparse pre-training grid (issue 5).
+"""Small-data replication of the ResNet50/ImageNet sparse pre-training grid.
 
     python benchmarks/replicate_vision.py                                   # all of recipes/replication/
     python benchmarks/replicate_vision.py --out runs/replication --report_dir docs/replication

@@ -18,7 +18,7 @@ Rows, per parameter set (ResNet50: 161 tensors, BERT-base: 199; 90% masks on wei
   argument and groups the tensors on each call: the host cost every step paid before
   the optimizers kept a plan.
 
-Target (issue 11): optimizer_step <= 0.2 ms on both sets.  A measurement, not an assertion.
+Target: optimizer_step <= 0.2 ms on both sets.  A measurement, not an assertion.
 """
 from __future__ import annotations
 

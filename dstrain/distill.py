@@ -12,13 +12,12 @@ distribution to soften and the soft term is MSE between student and teacher outp
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Optional
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["kd_term", "distillation_loss", "Teacher"]
+__all__ = ["kd_term", "distillation_loss"]
 
 
 def kd_term(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
@@ -66,46 +65,7 @@ def distillation_loss(
         raise ValueError(f"alpha_kd={alpha_kd}: must be in [0, 1]")
     if alpha_kd == 0.0 or teacher_logits is None:
         if teacher_logits is None and alpha_kd > 0.0:
-            raise ValueError(f"alpha_kd={alpha_kd} but no teacher logits; pass a Teacher or set alpha_kd=0")
+            raise ValueError(f"alpha_kd={alpha_kd} but no teacher logits; pass teacher logits or set alpha_kd=0")
         return hard_loss
     soft = kd_term(student_logits, teacher_logits, temperature, regression)
     return (1.0 - alpha_kd) * hard_loss + alpha_kd * soft
-
-
-class Teacher:
-    """A frozen model that only produces logits.
-
-    Why a wrapper and not a bare module: it pins ``eval()`` (dropout off) even if a
-    trainer calls ``.train()`` on everything it can see, sets ``requires_grad=False`` so
-    no optimizer or ZeRO partitioner picks its parameters up, and runs under
-    ``torch.no_grad`` so no activations are kept. It deliberately is not an
-    ``nn.Module``, so it never shows up in a student's ``parameters()`` or ``state_dict``.
-    """
-
-    def __init__(self, model: nn.Module, logits_fn: Optional[Callable[[Any], Tensor]] = None) -> None:
-        self.model = model
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self._logits_fn = logits_fn
-
-    def to(self, *args: Any, **kwargs: Any) -> "Teacher":
-        self.model.to(*args, **kwargs)
-        return self
-
-    @torch.no_grad()
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Runs the model and returns its logits (``.logits`` of an HF output, or the tensor itself)."""
-        if self.model.training:
-            self.model.eval()
-        out = self.model(*args, **kwargs)
-        if self._logits_fn is not None:
-            return self._logits_fn(out)
-        if isinstance(out, Tensor):
-            return out
-        logits = getattr(out, "logits", None)
-        if logits is None and isinstance(out, (tuple, list)):
-            logits = out[0]
-        if logits is None:
-            raise ValueError(f"cannot find logits in teacher output of type {type(out).__name__}; pass logits_fn")
-        return logits

@@ -53,7 +53,7 @@ def assert_pruned_zero(tensors, masks) -> None:
 
 
 #: A small parameter set with conv/linear weights (masked) and biases (dense), and the
-#: optimizer settings the prepared-step tests (test_host_step.py, test_cpu_step.py) use.
+#: optimizer settings the prepared-step tests (test_optim_triton_step.py, test_optim_cpu_step.py) use.
 STEP_SHAPES = [(6, 5), (6,), (4, 3, 3, 3), (4,), (3, 7), (300,)]
 STEP_SGD_HYPER = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
 STEP_ADAMW_HYPER = dict(lr=1e-2, weight_decay=0.05)

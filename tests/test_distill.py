@@ -1,10 +1,9 @@
-"""Knowledge-distillation loss and the frozen Teacher wrapper."""
+"""Knowledge-distillation loss."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dstrain.distill import Teacher, distillation_loss, kd_term
+from dstrain.distill import distillation_loss, kd_term
 
 
 def _logits(seed, shape=(6, 3)):
@@ -67,35 +66,3 @@ def test_bad_arguments():
         distillation_loss(s, t, torch.tensor(1.0), alpha_kd=1.5)
     with pytest.raises(ValueError, match="no teacher"):
         distillation_loss(s, None, torch.tensor(1.0), alpha_kd=0.5)
-
-
-def test_teacher_is_frozen_and_deterministic():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
-    teacher = Teacher(net)
-    assert not net.training
-    assert all(not p.requires_grad for p in net.parameters())
-    x = torch.randn(8, 4, requires_grad=True)
-    net.train()  # a trainer calling .train() on everything must not turn dropout back on
-    a, b = teacher(x), teacher(x)
-    assert torch.equal(a, b)
-    assert a.grad_fn is None and not a.requires_grad
-    assert not net.training
-
-
-def test_teacher_extracts_hf_style_logits():
-    class Out:
-        def __init__(self, logits):
-            self.logits = logits
-
-    class HF(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(2, 2)
-
-        def forward(self, input_ids):
-            return Out(self.lin(input_ids))
-
-    teacher = Teacher(HF())
-    x = torch.ones(3, 2)
-    torch.testing.assert_close(teacher(input_ids=x), teacher.model.lin(x).detach())

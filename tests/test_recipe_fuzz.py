@@ -5,7 +5,7 @@ out-of-range values, and unknown keys added.  Every mutation must give either on
 clean :class:`ConfigError` line that names the mutated key, or — only where the key
 has a documented default (a pydantic field that is not required) — a valid recipe.
 Validation runs in-process (``parse_recipe`` plus the trainer's step-unit position
-check), so the thousands of mutations take seconds; tests/test_input_validation.py
+check), so the thousands of mutations take seconds; tests/test_cli_train.py
 proves through launch/train.py that such errors reach the user as one line.
 """
 import copy

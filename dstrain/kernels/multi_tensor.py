@@ -121,9 +121,6 @@ def group_indices(keys: Sequence[tuple]) -> Dict[tuple, List[int]]:
     return groups
 
 
-def clear_cache() -> None:
-    """Drop cached tables (e.g. after freeing many tensors; only memory is at stake)."""
-    _CACHE.clear()
 
 
 class LaunchGroup:

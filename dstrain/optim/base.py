@@ -165,12 +165,10 @@ class MaskedOptimizerMixin:
         """Step ``group`` (whose backend is the C++ kernel) through a cached :class:`~.cpu_step.CpuPlan`;
         False until the first step has created the state (the caller then takes the unplanned C++ step).
 
-        The plain path does per-parameter Python each step (state lookups, a new step
-        tensor and an ``.item()`` per parameter, mask storages).  On the idle 2-core
-        machine that is worth at most ~0.6 ms of a ~9 ms ResNet50 AdamW step (measured
-        2026-11-28: planned 8.7/9.5 ms, plain 8.6/10.1 ms in two runs); the ~4 ms seen
-        in an earlier trial was machine load.  The plan keeps the CPU step's host work
-        as small as the Triton path's.  It is built from the second step on (the first
+        Why a plan: the plain path does per-parameter Python each step (state lookups, a
+        new step tensor and an ``.item()`` per parameter, mask storages), host work that
+        grows with the tensor count and with machine load (figures: docs/kernels.md).  The
+        plan keeps the CPU step's host work as small as the Triton path's.  It is built from the second step on (the first
         creates the state) and rebuilt whenever the tensors, masks or state it holds change.
         """
         params = group["params"]

@@ -5,10 +5,9 @@ Why C++ and not the reference or ``torch.compile``: the reference
 pass over memory, and zeroes pruned entries in extra passes; on the CPU that made
 the masked step 5-7x slower than torch's own dense fused step.  One pass that reads
 parameter, gradient, state and mask once and writes parameter and state once runs at
-the speed of the dense fused step (README, "Benchmarks").  A ``torch.compile``d flat
-masked AdamW was measured at 43 ms against 23.0 ms for torch's dense fused AdamW on the
-ResNet50 set (issue 11, same machine), and inductor compiles per shape set, so the
-kernel is C++.
+the speed of the dense fused step (docs/kernels.md).  A ``torch.compile``d flat
+masked AdamW took about twice the time of torch's dense fused AdamW on the ResNet50 set
+(docs/kernels.md), and inductor compiles per shape set, so the kernel is C++.
 
 The source, ``csrc/masked_step_cpu.cpp``, is compiled with ``torch.utils.cpp_extension``
 (ninja + the system C++ compiler) for torch's own CPU capability (AVX2, AVX512 or
@@ -18,7 +17,7 @@ kernels use one.  SGD is bitwise equal to the reference, and so are AdamW's mome
 AdamW's parameter uses a correctly rounded sqrt where torch's CPU sqrt is MKL's (off
 by an ulp for ~15% of inputs): it is bitwise equal to the reference with that one op
 replaced, and within the same 1-2 ulp of the reference as the Triton kernels
-(tests/test_cpu_kernels.py).  Calling MKL's sqrt from the kernel made it bitwise but
+(tests/test_optim_cpu_kernels.py).  Calling MKL's sqrt from the kernel made it bitwise but
 2.1x slower than torch's dense fused AdamW (ResNet50 set, 1 thread), which does not
 use MKL's sqrt either.
 
@@ -30,7 +29,7 @@ back to the reference.  Threads: torch's intra-op pool (``at::parallel_for``, i.
 ``torch.set_num_threads``; the build needs ``-fopenmp`` for that, see ``_COMMON_FLAGS``), one
 parallel region per step over 64K-element work items.
 
-Same contracts as the reference and as :mod:`kernels` (bool/uint8 masks or packed
+Same contracts as the reference and as :mod:`dstrain.kernels` (bool/uint8 masks or packed
 :class:`~dstrain.kernels.bitmask.BitMask`, fp32 params with fp32/bf16/fp16 grads, pruned
 entries written as +0.0 in the parameter and every state buffer).  Tensors laid out
 so that flat addressing would be wrong (a parameter that is not dense, a gradient or

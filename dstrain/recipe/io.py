@@ -79,7 +79,7 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     msg = first["msg"].removeprefix("Value error, ")
     kind = first["type"]
     if kind == "extra_forbidden":
-        fix = "remove it or check its spelling against the recipe format in README.md"
+        fix = "remove it or check its spelling against the recipe format in docs/recipes.md"
         msg = "unknown key"
     elif kind == "missing":
         fix = "add it (e.g. task: {name: digits}; there is no default task)" if loc == "task" else "add it"

@@ -286,8 +286,9 @@ class DistillationSpec(_Strict):
 class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
-    task: Dict[str, Any] = Field(description="required: no silent default (a recipe without it used to "
-                                             "train on digits); validated per task by dstrain.tasks")
+    task: Dict[str, Any] = Field(description="required, with no default: a recipe that forgot it must not "
+                                             "silently train on some default data; validated per task by "
+                                             "dstrain.tasks")
     training: TrainingSpec
     optimizer: OptimizerSpec
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)

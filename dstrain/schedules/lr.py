@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Sequence, Tuple
+from typing import Tuple
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,3 @@ class LRSchedule:
             passed = sum(1 for m in self.milestones if step - offset >= m)
             return self.base_lr * self.gamma**passed
         raise ValueError(f"unknown LR shape {self.shape!r}")
-
-
-def lr_values(schedule: LRSchedule, steps: Sequence[int]) -> list:
-    return [schedule(t) for t in steps]

@@ -34,7 +34,7 @@ def default_selector(tensors: Sequence[Tensor]) -> KthSelector:
 
     Exact like kthvalue, but it neither concatenates nor sorts: 1.3-1.6x faster than
     torch.kthvalue on the CPU for ResNet50/BERT-base-sized models (benchmarks/), and
-    kthvalue is far slower still on GPU (see README).
+    kthvalue is far slower still on GPU (docs/kernels.md).
     """
     from dstrain.kernels import kth_smallest_abs
 

@@ -114,12 +114,6 @@ def is_nm(tensor: Tensor, pattern: NMPattern, exact: bool = True) -> bool:
     return bool((counts == pattern[0]).all()) if exact else bool((counts <= pattern[0]).all())
 
 
-def split_eligible(names: Sequence[str], tensors: Sequence[Tensor], pattern: NMPattern) -> Tuple[List[str], List[str]]:
-    """(names of N:M-eligible tensors, names of the ones left dense)."""
-    ok, dense = [], []
-    for name, t in zip(names, tensors):
-        (ok if nm_eligible(t, pattern) else dense).append(name)
-    return ok, dense
 
 
 @torch.no_grad()

@@ -41,8 +41,8 @@ def validate_task_config(config: Any, field: str = "task") -> BaseModel:
         loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
         value = first.get("input")
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        fix = ("remove it or check its spelling against README.md 'Recipe format'" if first["type"] == "extra_forbidden"
-               else f"got {value!r}; see README.md 'Recipe format'")
+        fix = ("remove it or check its spelling against docs/recipes.md (Recipe format)" if first["type"] == "extra_forbidden"
+               else f"got {value!r}; see docs/recipes.md (Recipe format)")
         raise ConfigError(f"{field}.{loc}", msg, fix) from None
     check_options = getattr(validated, "check_options", None)
     if check_options is not None:

@@ -134,7 +134,7 @@ OBERT_NOTE = """\
 # Results to compare with (oBERT README, Table 1, MNLI-m accuracy, 30 epochs): 80% 84.32,
 # 90% 83.79, 97% 81.77 (dense BERT-base 84.54).
 # weight_update: true applies the exact multi-weight OBS correction per Fisher block (SparseML
-# sums the single-weight corrections of the newly pruned weights instead; see README).
+# sums the single-weight corrections of the newly pruned weights instead; see docs/criteria.md).
 """
 
 OBERT_KEYS = {"num_grads": 1024, "block_size": 50, "damping": 1.0e-7, "weight_update": True, "grad_batch_size": 16}

@@ -17,7 +17,7 @@ from dstrain.recipe import write_recipe_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Base length: this project's choice, from the epoch time measured on the 2-core CPU machine
-# (README "Fashion-MNIST"): 2 epochs of 468 steps, so that the 34 runs of
+# (docs/results.md, "Fashion-MNIST"): 2 epochs of 468 steps, so that the 34 runs of
 # benchmarks/replicate_fashion.py fit well inside an hour on 2 idle cores.
 BASE_EPOCHS = 2
 LENGTHS = {1: "1x", 3: "3x"}

@@ -103,7 +103,7 @@ def test_auto_resume_with_every_checkpoint_damaged_is_refused(stopped_run, tmp_p
 
 
 def test_truncated_newest_resumes_from_previous_bit_identical_with_identical_metrics(stopped_run, tmp_path, capsys):
-    """Must-show of issue 12: the fallback checkpoint (step 15, mid-epoch) ends exactly like a run never stopped."""
+    """The fallback checkpoint (step 15, mid-epoch) ends exactly like a run never stopped."""
     reference, _ = run(tiny_recipe(), tmp_path / "ref")
     out = _copy(stopped_run, tmp_path)
     model = out / "checkpoints" / ckpt.tag_for(16) / MODEL_FILE

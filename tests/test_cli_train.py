@@ -1,4 +1,4 @@
-"""Every bad input of issue 12 is one line naming the field, the bad value and the fix (no traceback)."""
+"""Every bad input through the training command line is one line naming the field, the bad value and the fix (no traceback)."""
 import json
 import subprocess
 import sys

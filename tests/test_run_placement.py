@@ -121,3 +121,17 @@ def test_channels_last_run_stops_and_resumes_to_the_same_weights(tmp_path):
     expected, got = weights_and_masks(full), weights_and_masks(resumed)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+def test_frozen_teacher_is_in_eval_mode_without_gradients_on_the_students_dtype():
+    from torch import nn
+
+    from dstrain.run.placement import frozen_teacher
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    teacher = frozen_teacher(net, torch.device("cpu"), torch.bfloat16)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())
+    x = torch.randn(8, 4, dtype=torch.bfloat16)
+    assert torch.equal(teacher(x), teacher(x))  # dropout off

@@ -18,7 +18,7 @@ start-up once).  Only these overrides are applied, all with ``--set``:
 * a config's fixed micro-batch/accumulation become "auto", since the batch is now 8.
 
 One recipe of each shape (same keys, numbers aside) runs by default, the others are marked
-slow (``pytest -m slow tests/test_shipped_recipes.py`` runs them); see _params.
+slow (``pytest -m slow tests/test_shipped.py`` runs them); see _params.
 
 Checked for each: exit status 0, MAX_STEPS steps, and for pruning recipes, at least one mask
 update in the saved checkpoint, with exactly round(target x prunable) pruned weights (per

@@ -1,14 +1,13 @@
 """N:M semi-structured pruning: masks, recipe validation, and training that keeps exact N:M after every step."""
-import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from dstrain import ConfigError, TrainerCallback, load_recipe, parse_recipe
+from dstrain import ConfigError, TrainerCallback, load_recipe
 from dstrain.sparsity.nm import group_view, is_nm, nm_eligible, nm_mask, nm_masks, parse_pattern
-from helpers import TINY, run, subprocess_env, tiny_recipe
+from helpers import run, subprocess_env, tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
