@@ -40,13 +40,21 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Union
 from torch import nn
 
 # export lives below hf/tasks/trainer (dstrain/export/formats.py); re-exported here for existing callers
-from dstrain.export.formats import SPARSITY_REPORT, count_zeros_in_safetensors, export_sparse_model, unwrap_model  # noqa: F401
+from dstrain.errors import ConfigError
+from dstrain.export.formats import (  # noqa: F401
+    SPARSITY_REPORT,
+    count_zeros_in_safetensors,
+    export_sparse_model,
+    unwrap_model,
+)
+from dstrain.optim.factory import build_optimizer
+from dstrain.recipe import Recipe, load_recipe
+from dstrain.sparsity.controller import SparsityController
+from dstrain.sparsity.criterion import build_criterion
+from dstrain.sparsity.registry import MaskRegistry, PrunableSelection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dstrain.sparsity.controller import SparsityController
-    from dstrain.sparsity.registry import MaskRegistry
     from dstrain.sparsity.magnitude import KthSelector
-    from dstrain.recipe import Recipe
 
 __all__ = ["unwrap_model", "export_sparse_model", "count_zeros_in_safetensors", "prepare_hf_sparse_training",
            "HFSparseTraining", "RecipeLRScheduler", "DstrainRecipeCallback"]
@@ -128,8 +136,6 @@ class DstrainRecipeCallback(_callback_base()):  # type: ignore[misc]
         return self.controller.registry
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from dstrain.errors import ConfigError
-
         ctl, recipe = self.controller, self.controller.recipe
         if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
             raise ConfigError("TrainingArguments.deepspeed/fsdp",
@@ -217,12 +223,6 @@ def prepare_hf_sparse_training(
     another device are moved when training starts. The controller's constructor already
     applies step 0 of the recipe (e.g. a ``constant`` schedule prunes here).
     """
-    from dstrain.errors import ConfigError
-    from dstrain.optim.factory import build_optimizer
-    from dstrain.recipe import Recipe, load_recipe
-    from dstrain.sparsity.controller import SparsityController
-    from dstrain.sparsity.criterion import build_criterion
-    from dstrain.sparsity.registry import MaskRegistry, PrunableSelection
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)

@@ -11,9 +11,16 @@ that layout, for tests and for trying the pipeline without ImageNet.
 """
 from __future__ import annotations
 
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
+from torch.utils.data import default_collate
+
+from dstrain import distributed as dstdist
 from dstrain.errors import ConfigError
 
 FIELD = "task.data_dir"
@@ -141,8 +148,6 @@ def scan_images(paths: Sequence[str], rank: int = 0, world: int = 1,
     Decoding runs in a thread pool (Pillow releases the GIL while decoding); by default
     this process's share of the node's CPUs (split between the ranks on the node), at most 16.
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
 
     share = list(paths)[rank::world]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -158,7 +163,6 @@ def prescan(datasets: Dict[str, Any], field: str = FIELD) -> None:
     Stops with one line naming the first unreadable file and the reason, so a run
     never dies mid-epoch (or after a whole epoch, at validation) on a broken file.
     """
-    from dstrain import distributed as dstdist
 
     for split, dataset in datasets.items():
         bad = scan_images([path for path, _ in dataset.samples], dstdist.rank(), dstdist.world_size())
@@ -186,8 +190,6 @@ class SkippingImageFolder:
         try:
             return self.dataset[index]
         except IMAGE_ERRORS as err:
-            import sys
-
             print(f"[dstrain] skipped unreadable image {self.dataset.samples[index][0]}: "
                   f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
             return None
@@ -195,8 +197,6 @@ class SkippingImageFolder:
 
 def collate_skipping(items: List[Any]) -> Tuple[Any, Any, int]:
     """(images, labels, number skipped) from a list that may hold None for skipped images."""
-    import torch
-    from torch.utils.data import default_collate
 
     kept = [x for x in items if x is not None]
     skipped = len(items) - len(kept)

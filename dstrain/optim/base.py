@@ -6,7 +6,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from dstrain.optim.cpu_step import CpuPlan
 from dstrain.optim.prepared_state import GRAD, StateSnapshot, StepCounters, same_objects
+from dstrain.optim.triton_step import GroupPlan
 
 MaskSource = Callable[[Tensor], Optional[Tensor]]
 """Maps a parameter (the tensor the optimizer updates) to its bool mask, or None if dense."""
@@ -130,8 +132,6 @@ class MaskedOptimizerMixin:
         group's plan still fits; the plan is (re)built, with every argument check, only
         when it does not.
         """
-        from dstrain.optim.triton_step import GroupPlan
-
         params = group["params"]
         grads = list(map(GRAD, params))
         masks = list(map(self.mask_source, params)) if self.masking_enabled else None
@@ -172,7 +172,6 @@ class MaskedOptimizerMixin:
         creates the state) and rebuilt whenever the tensors, masks or state it holds change.
         """
         params = group["params"]
-        from dstrain.optim.cpu_step import CpuPlan
 
         grads = list(map(GRAD, params))
         masks = list(map(self.mask_source, params)) if self.masking_enabled else None

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dstrain.errors import ConfigError
+
 
 class Task(abc.ABC):
     """One supervised problem: model factory, datasets, forward, loss and metrics."""
@@ -48,8 +50,6 @@ class Task(abc.ABC):
 
     def build_teacher(self, path: str) -> nn.Module:
         """The dense teacher for distillation, loaded from ``path``."""
-        from dstrain.errors import ConfigError
-
         raise ConfigError("distillation.teacher", f"task {self.name!r} does not support distillation",
                           "remove the distillation section")
 
