@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dstrain.export.formats import semi_structured_unavailable  # noqa: E402
+from dstrain.export import semi_structured_unavailable  # noqa: E402
 from dstrain.sparsity.nm import is_nm, nm_mask  # noqa: E402
 
 Shape = Tuple[str, int, int, int]  # (name, rows M, reduction K, columns N)

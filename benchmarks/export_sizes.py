@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dstrain.export.formats import save_compressed  # noqa: E402
+from dstrain.export import save_compressed  # noqa: E402
 from dstrain.sparsity.registry import MaskRegistry, PrunableSelection  # noqa: E402
 from dstrain.sparsity.magnitude import global_magnitude_masks  # noqa: E402
 from dstrain.sparsity.nm import nm_masks  # noqa: E402

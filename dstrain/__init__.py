@@ -5,7 +5,7 @@ criteria that choose them, schedules, masked optimizers, the recipe scheduler
 (:class:`SparsityController`) and the DeepSpeed trainer (:class:`SparseTrainer`).
 """
 from dstrain.errors import ConfigError
-from dstrain.export.formats import export_sparse_model, load_compressed, save_compressed, swap_to_semi_structured
+from dstrain.export import export_sparse_model, load_compressed, save_compressed, swap_to_semi_structured
 from dstrain.optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from dstrain.recipe import Recipe, dump_recipe, load_recipe, parse_recipe
 from dstrain.run.dsconfig import validate_ds_config

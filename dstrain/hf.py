@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Union
 
 from torch import nn
 
-# export lives below hf/tasks/trainer (dstrain/export/formats.py); re-exported here for existing callers
+# export lives below hf/tasks/trainer (dstrain/export.py); re-exported here for existing callers
 from dstrain.errors import ConfigError
-from dstrain.export.formats import (  # noqa: F401
+from dstrain.export import (  # noqa: F401
     SPARSITY_REPORT,
     count_zeros_in_safetensors,
     export_sparse_model,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from dstrain.export import formats as ex
+from dstrain import export as ex
 from dstrain.cli import main as cli_main
-from dstrain.export.checkpoint import export_checkpoint, load_exported_model
+from dstrain.run.export import export_checkpoint, load_exported_model
 from dstrain.sparsity.nm import is_nm, nm_mask
 from helpers import run, tiny_recipe
 
@@ -61,8 +61,8 @@ def _reachable(graph, start):
 
 
 def test_export_sits_below_trainer_tasks_and_hf():
-    below = _reachable(import_graph(), "dstrain.export.formats")
-    assert not below & {"dstrain.run.trainer", "dstrain.tasks", "dstrain.tasks.glue", "dstrain.hf", "dstrain.export.checkpoint"}
+    below = _reachable(import_graph(), "dstrain.export")
+    assert not below & {"dstrain.run.trainer", "dstrain.tasks", "dstrain.tasks.glue", "dstrain.hf", "dstrain.run.export"}
 
 
 def test_no_import_circle_in_the_package():

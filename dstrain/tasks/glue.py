@@ -149,7 +149,7 @@ class GlueTask(Task):
 
     def export(self, model: nn.Module, out_dir: str) -> bool:
         """save_pretrained folder (with tokenizer): the next run's teacher or a plain transformers model."""
-        from dstrain.export.formats import export_sparse_model
+        from dstrain.export import export_sparse_model
 
         export_sparse_model(model, out_dir, tokenizer=self.tokenizer)
         return True

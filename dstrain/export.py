@@ -3,7 +3,7 @@ files that are smaller on disk, and a loader that runs 2:4 Linear weights on spa
 
 Why a module of its own, below the trainer, the tasks and the HF helpers: all three export
 (``GlueTask.export``, ``dstrain.hf``, the ``dstrain export`` command in
-:mod:`dstrain.export.checkpoint`), and keeping export free of any of them is what breaks the import
+:mod:`dstrain.run.export`), and keeping export free of any of them is what breaks the import
 circle tasks/glue.py -> hf.py -> trainer.py -> tasks (``tests/test_export.py`` pins it).
 It imports only torch, safetensors and :mod:`dstrain.sparsity.nm`.
 

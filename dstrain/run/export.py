@@ -2,7 +2,7 @@
 and :func:`load_exported_model`, which rebuilds the model from what the command wrote.
 
 This module sits above the tasks and the recipe (it rebuilds the architecture a run trained);
-the formats themselves live in :mod:`dstrain.export.formats`, below everything else.
+the formats themselves live in :mod:`dstrain.export`, below everything else.
 
 The weights come from a complete dstrain checkpoint (DeepSpeed's ``mp_rank_00_model_states.pt``
 holds the full model under ZeRO 0/1/2, and the run's recipe in its client state), so a run
@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from dstrain.export import formats as ex
+from dstrain import export as ex
 from dstrain.run.checkpoints import MARKER, complete_checkpoints
 from dstrain.errors import ConfigError
 

@@ -1,1 +1,0 @@
-"""Trained sparse models for the people who use them: file formats, and export of a run's checkpoint."""
