@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
-from dstrain import SparseTrainer, TrainerOptions, parse_recipe
+from dstrain import SparseTrainer, TrainerCallback, TrainerOptions, parse_recipe
+from dstrain.sparsity.nm import is_nm, nm_eligible
+
+HERE = Path(__file__).resolve().parent
 
 TINY = {
     "name": "tiny",
@@ -72,3 +79,51 @@ def train_default_model_per_backend(tmp_path: Path, optimizer: Dict[str, Any], b
         assert result["revived"] == 0
         states[backend] = weights_and_masks(trainer)
     return states
+
+
+class InvariantWatch(TrainerCallback):
+    """Checks after every optimizer step that no pruned weight is non-zero."""
+
+    def __init__(self):
+        self.phases, self.revived, self.sparsity = [], [], []
+
+    def on_step_end(self, trainer):
+        compressed = trainer.controller.sparsity.is_compressed(trainer.controller.step_count - 1)
+        self.phases.append(compressed)
+        if compressed:
+            self.revived.append(trainer.registry.revived())
+        self.sparsity.append(trainer.registry.mask_sparsity())
+
+
+class NMChecker(TrainerCallback):
+    """After every optimizer step: every N:M-eligible prunable weight has exactly N nonzeros per group
+    in a compressed step, and the fp32 masters (ZeRO partitions) hold zeros wherever the mask prunes."""
+
+    def __init__(self, pattern):
+        self.pattern, self.checked, self.dense_steps = pattern, 0, 0
+
+    def on_step_end(self, trainer) -> None:
+        if not trainer.controller.last_step_compressed:
+            self.dense_steps += 1
+            return
+        for name, p in trainer.registry.params.items():
+            if nm_eligible(p, self.pattern):
+                assert is_nm(p.detach(), self.pattern), f"{name} is not exactly {self.pattern} at step " \
+                                                       f"{trainer.controller.step_count}"
+            else:
+                assert bool((p != 0).all()), f"{name} should have stayed dense"
+        for master, mask in trainer.partition_masks.masters_and_masks():
+            assert int((master[~mask] != 0).sum()) == 0
+        self.checked += 1
+
+
+def launch(spec: dict, tmp_path: Path, nproc: int = 2, worker: Path = HERE / "dist_worker.py") -> list:
+    """Run ``worker`` under torch.distributed.run; returns each rank's saved state."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = subprocess_env()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(20000 + (os.getpid() * 7 + len(str(tmp_path))) % 20000), str(worker), str(spec_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [torch.load(Path(spec["out"]) / f"rank{r}.pt", weights_only=False) for r in range(nproc)]

@@ -7,7 +7,6 @@ import torch
 
 from dstrain.kernels import pack_mask
 
-
 #: SGD settings every fused step must match the reference on: plain, decay, momentum,
 #: dampening, Nesterov, and maximize.
 SGD_CONFIGS = [

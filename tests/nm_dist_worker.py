@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_nm import NMChecker  # noqa: E402
+from helpers import NMChecker  # noqa: E402
 
 from dstrain import SparseTrainer, TrainerOptions, distributed, parse_recipe  # noqa: E402
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY, run, subprocess_env, tiny_recipe
 
 from dstrain import ConfigError, load_recipe
+from dstrain.recipe import check_schedule_positions
 from dstrain.run.dsconfig import load_ds_config, validate_ds_config
 from dstrain.run.preflight import check_run_options
 from dstrain.run.rundir import RunDir
-from dstrain.recipe import check_schedule_positions
-from helpers import TINY, run, subprocess_env, tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,11 +3,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from dstrain import ConfigError, build_task, parse_recipe
 from dstrain.data.glue import load_glue
 from dstrain.testing.images import make_tiny_imagefolder
-from helpers import run
 
 SIZE = 16
 

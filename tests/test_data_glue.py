@@ -7,7 +7,13 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 from torch.utils.data import DataLoader
 
-from dstrain.data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
+from dstrain.data.glue import (
+    GLUE_TASKS,
+    get_task_spec,
+    glue_collator,
+    load_glue,
+    tokenize_glue,
+)
 from dstrain.testing.tiny_bert import train_wordpiece_tokenizer
 
 

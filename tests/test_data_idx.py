@@ -10,9 +10,9 @@ import torch
 from dstrain import ConfigError
 from dstrain.data import idx
 from dstrain.data.idx import load_fashion_mnist, read_idx
-from dstrain.testing.idx import write_fashion_stand_in, write_idx
 from dstrain.models import SmallResNet
 from dstrain.tasks import build_task
+from dstrain.testing.idx import write_fashion_stand_in, write_idx
 
 
 @pytest.mark.parametrize("suffix", [".gz", ""])

@@ -4,13 +4,12 @@ import shutil
 
 import pytest
 import torch
+from helpers import launch, run
 
 from dstrain import ConfigError, parse_recipe
 from dstrain.data.imagefolder import IMAGENET_MEAN, build_imagefolder_datasets
-from dstrain.testing.images import make_tiny_imagefolder
 from dstrain.tasks import build_task
-from helpers import run
-from test_distributed import launch
+from dstrain.testing.images import make_tiny_imagefolder
 
 SIZE = 16
 

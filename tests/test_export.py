@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, tiny_recipe
 from torch import nn
 
 from dstrain import export as ex
 from dstrain.cli import main as cli_main
 from dstrain.run.export import export_checkpoint, load_exported_model
 from dstrain.sparsity.nm import is_nm, nm_mask
-from helpers import run, tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "dstrain"

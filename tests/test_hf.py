@@ -8,14 +8,17 @@ import random
 
 import pytest
 import torch
+from helpers import InvariantWatch, run
 from torch.utils.data import DistributedSampler
 
 from dstrain import ConfigError, parse_recipe
-from dstrain.hf import (DstrainRecipeCallback, RecipeLRScheduler, export_sparse_model,
-                        prepare_hf_sparse_training)
+from dstrain.hf import (
+    DstrainRecipeCallback,
+    RecipeLRScheduler,
+    export_sparse_model,
+    prepare_hf_sparse_training,
+)
 from dstrain.testing.tiny_bert import make_tiny_bert
-from helpers import run
-from test_train import InvariantWatch
 
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
 
@@ -75,10 +78,11 @@ def _recipe(tiny_dir, data_dir, **extra):
 
 def _hf_trainer(recipe, out_dir, extra_callbacks=()):
     """transformers.Trainer driven by the recipe, with SparseTrainer's exact per-epoch sample order."""
-    from transformers import Trainer, TrainerCallback as HFCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
+    from transformers import TrainerCallback as HFCallback
 
-    from dstrain.tasks import build_task
     from dstrain.run.seeding import seed_everything
+    from dstrain.tasks import build_task
 
     seed_everything(recipe.training.seed)
     task = build_task(recipe.task)
@@ -112,7 +116,7 @@ def _hf_trainer(recipe, out_dir, extra_callbacks=()):
 
 
 def _hf_watch():
-    """HF-side twin of test_train.InvariantWatch: revived weights after every compressed step."""
+    """HF-side twin of helpers.InvariantWatch: revived weights after every compressed step."""
     from transformers import TrainerCallback as HFCallback
 
     class Watch(HFCallback):
@@ -221,7 +225,11 @@ def test_prepare_refuses_distillation_and_wires_the_pieces(tiny_dir, data_dir):
 
 
 def test_callback_counts_applied_steps_only(tiny_dir, data_dir):
-    from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState
+    from transformers import (
+        AutoModelForSequenceClassification,
+        TrainerControl,
+        TrainerState,
+    )
     from transformers.trainer_callback import CallbackHandler
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_dir, local_files_only=True)

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from dstrain import kernels
-from dstrain.optim import MaskedAdamW, MaskedSGD
-from dstrain.optim.functional import masked_adamw, masked_sgd
-from dstrain.optim.selfcheck import flat_views
 from dstrain.kernels import masked_adamw as adamw_mod
 from dstrain.kernels import masked_sgd as sgd_mod
 from dstrain.kernels import pack_mask
+from dstrain.optim import MaskedAdamW, MaskedSGD
+from dstrain.optim.functional import masked_adamw, masked_sgd
+from dstrain.optim.selfcheck import flat_views
 
 # odd sizes, size 1, empty, multi-chunk (561 > 2 * 256), 4-D conv-like
 SHAPES = [(7, 3), (1,), (0,), (17, 33), (4, 3, 3, 3), (300,)]

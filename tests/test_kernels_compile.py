@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-
 from helpers import subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent

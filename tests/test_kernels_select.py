@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from dstrain import kernels
+from dstrain.kernels import (
+    kth_smallest_abs,
+    kth_smallest_abs_torch,
+    kth_smallest_abs_triton,
+)
 from dstrain.sparsity.magnitude import masks_below_threshold, torch_kth_smallest_abs
-from dstrain.kernels import kth_smallest_abs, kth_smallest_abs_torch, kth_smallest_abs_triton
 
 SELECTORS = {"dispatch": kth_smallest_abs, "torch": kth_smallest_abs_torch, "triton": kth_smallest_abs_triton}
 

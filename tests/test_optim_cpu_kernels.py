@@ -22,9 +22,14 @@ import torch
 
 from dstrain import load_recipe
 from dstrain.errors import ConfigError
-from dstrain.optim import MaskedAdamW, MaskedSGD, cpu_kernels
-from dstrain.optim.functional import _as_param_dtype, _zero_pruned, masked_adamw, masked_sgd
 from dstrain.kernels import pack_mask
+from dstrain.optim import MaskedAdamW, MaskedSGD, cpu_kernels
+from dstrain.optim.functional import (
+    _as_param_dtype,
+    _zero_pruned,
+    masked_adamw,
+    masked_sgd,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 # odd sizes, size 1, empty, 4-D conv-like, and one spanning two 65536-element work items

@@ -13,10 +13,9 @@ import copy
 
 import pytest
 import torch
-
-from dstrain.optim import MaskedAdamW, MaskedSGD
-from dstrain.optim import cpu_kernels
 from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
+
+from dstrain.optim import MaskedAdamW, MaskedSGD, cpu_kernels
 
 OPTIMIZERS = [(MaskedSGD, STEP_SGD_HYPER), (MaskedAdamW, STEP_ADAMW_HYPER)]
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import subprocess_env
 
-from dstrain import kernels
-from dstrain import cli
+from dstrain import cli, kernels
 from dstrain.optim import selfcheck
 from dstrain.optim.functional import masked_sgd
-from helpers import subprocess_env
 
 CPU = torch.device("cpu")
 

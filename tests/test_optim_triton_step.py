@@ -14,13 +14,14 @@ import copy
 
 import pytest
 import torch
+from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
 
 import dstrain.kernels.masked_adamw as adamw_mod
 import dstrain.kernels.masked_sgd as sgd_mod
 import dstrain.kernels.multi_tensor as mt
-from dstrain.optim import MaskedAdamW, MaskedSGD
 from dstrain.kernels import _runtime
-from mask_cases import STEP_ADAMW_HYPER, STEP_SGD_HYPER, masked_params, set_grads
+from dstrain.optim import MaskedAdamW, MaskedSGD
+
 
 class _Counter:
     """Wraps a function and counts its calls; binds like a function when set as a method."""

@@ -19,10 +19,21 @@ from pydantic import BaseModel
 
 from dstrain import ConfigError, parse_recipe
 from dstrain.models import ARCH_OPTIONS
+from dstrain.recipe import (
+    ACDCSchedule,
+    ConstantSchedule,
+    DenseSchedule,
+    DistillationSpec,
+    GradualSchedule,
+    LRScheduleSpec,
+    OneShotSchedule,
+    OptimizerSpec,
+    PruningSpec,
+    Recipe,
+    TrainingSpec,
+    check_schedule_positions,
+)
 from dstrain.sparsity.criterion import criterion_class
-from dstrain.recipe import (ACDCSchedule, ConstantSchedule, DenseSchedule, DistillationSpec, GradualSchedule,
-                            LRScheduleSpec, OneShotSchedule, OptimizerSpec, PruningSpec, Recipe, TrainingSpec,
-                            check_schedule_positions)
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))

@@ -2,10 +2,10 @@
 import json
 
 import pytest
+from helpers import run, tiny_recipe
 
 from dstrain import cli, report
 from dstrain.cli import report as cli_report
-from helpers import run, tiny_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, tiny_recipe, weights_and_masks
 
 from dstrain import ConfigError
-from dstrain.run import checkpoints as ckpt
 from dstrain.cli import main as cli_main
+from dstrain.run import checkpoints as ckpt
 from dstrain.run.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint
 from dstrain.run.resume import SAFE_TO_CHANGE, recipe_differences
-from helpers import run, tiny_recipe, weights_and_masks
 
 MODEL_FILE = "mp_rank_00_model_states.pt"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
 
 from dstrain import ConfigError
 from dstrain.run import checkpoints as ckpt
 from dstrain.run.manifest import rewrite_manifest
-from helpers import TINY, run, subprocess_env, tiny_recipe, weights_and_masks
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import tiny_recipe
 
 from dstrain import SparseTrainer, TrainerOptions, distributed
-from helpers import tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, tiny_recipe, weights_and_masks
 
 from dstrain.optim import MaskedAdamW, MaskedSGD
-from dstrain.sparsity.magnitude import global_magnitude_masks, layerwise_magnitude_masks, torch_kth_smallest_abs
-from helpers import run, tiny_recipe, weights_and_masks
+from dstrain.sparsity.magnitude import (
+    global_magnitude_masks,
+    layerwise_magnitude_masks,
+    torch_kth_smallest_abs,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CL = torch.channels_last

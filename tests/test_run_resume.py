@@ -9,11 +9,11 @@ import copy
 
 import pytest
 import torch
+from helpers import TINY
 
 from dstrain import ConfigError
 from dstrain.optim import MaskedSGD
 from dstrain.run.resume import check_recipe, recipe_differences
-from helpers import TINY
 
 
 def _sgd_run(backend: str):

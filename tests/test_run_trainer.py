@@ -3,23 +3,7 @@ import json
 
 import pytest
 import torch
-
-from dstrain import TrainerCallback
-from helpers import run, tiny_recipe, weights_and_masks
-
-
-class InvariantWatch(TrainerCallback):
-    """Checks after every optimizer step that no pruned weight is non-zero."""
-
-    def __init__(self):
-        self.phases, self.revived, self.sparsity = [], [], []
-
-    def on_step_end(self, trainer):
-        compressed = trainer.controller.sparsity.is_compressed(trainer.controller.step_count - 1)
-        self.phases.append(compressed)
-        if compressed:
-            self.revived.append(trainer.registry.revived())
-        self.sparsity.append(trainer.registry.mask_sparsity())
+from helpers import InvariantWatch, run, tiny_recipe, weights_and_masks
 
 
 def test_gmp_run_reaches_target_and_never_revives(tmp_path):

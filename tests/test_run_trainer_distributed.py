@@ -1,14 +1,9 @@
 """Two processes over gloo through DeepSpeed (ZeRO 0/1/2, bf16): ranks agree, and agree with one process."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from helpers import run, subprocess_env, tiny_recipe, weights_and_masks
+from helpers import launch, run, tiny_recipe, weights_and_masks
 
 HERE = Path(__file__).resolve().parent
 
@@ -16,16 +11,6 @@ HERE = Path(__file__).resolve().parent
 NO_BN = {"task.arch_options": {"depth": 8, "width": 8, "norm": "none"}, "optimizer.lr": 0.05}
 
 
-def launch(spec: dict, tmp_path: Path, nproc: int = 2, worker: Path = HERE / "dist_worker.py") -> list:
-    """Run ``worker`` under torch.distributed.run; returns each rank's saved state."""
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    env = subprocess_env()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(20000 + (os.getpid() * 7 + len(str(tmp_path))) % 20000), str(worker), str(spec_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [torch.load(Path(spec["out"]) / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
 
 
 @pytest.fixture(scope="module")

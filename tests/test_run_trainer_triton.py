@@ -1,7 +1,6 @@
 """The default model trained through SparseTrainer: Triton kernels (interpreted) == PyTorch reference."""
 import pytest
 import torch
-
 from helpers import train_default_model_per_backend
 
 

@@ -48,6 +48,7 @@ BATCH = 8
 
 sys.path.insert(0, str(REPO / "launch"))
 from train import main  # noqa: E402  (launch/train.py: the real entry point)
+
 from dstrain.sparsity.nm import is_nm, nm_eligible, parse_pattern  # noqa: E402
 
 

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from dstrain.sparsity.magnitude import global_magnitude_masks, layerwise_magnitude_masks, num_to_prune
+from dstrain.sparsity.magnitude import (
+    global_magnitude_masks,
+    layerwise_magnitude_masks,
+    num_to_prune,
+)
 
 
 def _tensors(seed=0):

@@ -4,10 +4,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NMChecker, launch, run, subprocess_env, tiny_recipe
 
-from dstrain import ConfigError, TrainerCallback, load_recipe
-from dstrain.sparsity.nm import group_view, is_nm, nm_eligible, nm_mask, nm_masks, parse_pattern
-from helpers import run, subprocess_env, tiny_recipe
+from dstrain import ConfigError, load_recipe
+from dstrain.sparsity.nm import (
+    group_view,
+    is_nm,
+    nm_eligible,
+    nm_mask,
+    nm_masks,
+    parse_pattern,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -113,26 +120,6 @@ def test_unquoted_pattern_from_the_command_line_is_refused(tmp_path):
 
 
 # --- training -------------------------------------------------------------------------------
-class NMChecker(TrainerCallback):
-    """After every optimizer step: every N:M-eligible prunable weight has exactly N nonzeros per group
-    in a compressed step, and the fp32 masters (ZeRO partitions) hold zeros wherever the mask prunes."""
-
-    def __init__(self, pattern):
-        self.pattern, self.checked, self.dense_steps = pattern, 0, 0
-
-    def on_step_end(self, trainer) -> None:
-        if not trainer.controller.last_step_compressed:
-            self.dense_steps += 1
-            return
-        for name, p in trainer.registry.params.items():
-            if nm_eligible(p, self.pattern):
-                assert is_nm(p.detach(), self.pattern), f"{name} is not exactly {self.pattern} at step " \
-                                                       f"{trainer.controller.step_count}"
-            else:
-                assert bool((p != 0).all()), f"{name} should have stayed dense"
-        for master, mask in trainer.partition_masks.masters_and_masks():
-            assert int((master[~mask] != 0).sum()) == 0
-        self.checked += 1
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -172,8 +159,7 @@ def test_ineligible_layers_are_listed_in_the_run_log(tmp_path, capsys):
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_two_ranks_keep_exact_2_of_4_under_zero(tmp_path, stage):
-    from test_distributed import launch
-
+    
     recipe = tiny_recipe(**{"pruning.pattern": "2:4", "pruning.schedule": NM_SCHEDULE, "training.epochs": 1})
     ranks = launch({"recipe": recipe.model_dump(), "ds_config": {"zero_optimization": {"stage": stage}},
                     "out": str(tmp_path / "dist"), "pattern": [2, 4]}, tmp_path, worker=HERE / "nm_dist_worker.py")

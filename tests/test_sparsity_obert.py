@@ -3,12 +3,11 @@ import copy
 
 import pytest
 import torch
+from helpers import TINY, run, tiny_recipe
 
 from dstrain import ConfigError, parse_recipe
 from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
 from dstrain.sparsity.obert import check_fits
-
-from helpers import TINY, run, tiny_recipe
 
 F64 = torch.float64
 
@@ -137,7 +136,7 @@ def test_controller_without_gradient_source_refuses_obert():
     """The HF Trainer path (and any direct use) cannot silently fall back to magnitude."""
     from torch import nn
 
-    from dstrain import MaskRegistry, MaskedSGD, SparsityController
+    from dstrain import MaskedSGD, MaskRegistry, SparsityController
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     registry = MaskRegistry(model)

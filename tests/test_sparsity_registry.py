@@ -4,9 +4,9 @@ import torch
 import torchvision
 from torch import nn
 
-from dstrain.sparsity.magnitude import global_magnitude_masks
 from dstrain import ConfigError, MaskRegistry, PrunableSelection
 from dstrain.models import SmallResNet
+from dstrain.sparsity.magnitude import global_magnitude_masks
 
 
 def test_default_selection_on_torchvision_resnet18_skips_first_conv_fc_bn_bias():
