@@ -5,6 +5,7 @@
     dstrain selfcheck       # fused kernels vs the PyTorch reference on this GPU (exit 3: cannot run here)
     dstrain verify CHECKPOINT [CHECKPOINT ...]  # check a checkpoint (or a checkpoints/ folder) against its manifest
     dstrain export RUN_OR_CHECKPOINT --format {torchvision,hf,compressed,semi-structured} --out DIR
+    dstrain speedcheck MODEL [--batch 1,8,64,256] [--dtype bf16] [--json PATH]  # will sparsity make MODEL faster here?
 
 Each subcommand hands the rest of the command line to its own parser, so
 ``dstrain train --help`` and ``dstrain report --help`` show the full options.
@@ -43,6 +44,12 @@ def _export(argv: List[str]) -> int:
     return main(argv)
 
 
+def _speedcheck(argv: List[str]) -> int:
+    from .speedcheck.cli import main
+
+    return main(argv)
+
+
 def _train(argv: List[str]) -> int:
     """Runs launch/train.py's main; it lives in the source checkout, not in the installed package."""
     if not TRAIN_SCRIPT.is_file():
@@ -61,7 +68,7 @@ def _train(argv: List[str]) -> int:
 
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {"train": _train, "report": _report, "selfcheck": _selfcheck,
-                                                   "verify": _verify, "export": _export}
+                                                   "verify": _verify, "export": _export, "speedcheck": _speedcheck}
 
 
 def _usage() -> str:
