@@ -258,8 +258,9 @@ def markdown(m: Measurement, command: str = "") -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for t in totals:
         forward = _ms(t.forward_ms) if t.forward_ms is not None else f"not measured: {m.forward_note.get(t.batch, '?')}"
-        row = [str(t.batch), forward, _ms(t.layers_dense_ms) if t.complete else "incomplete: budget",
-               "-" if t.layers_share is None else f"{100 * t.layers_share:.0f}%"]
+        share = "-" if t.layers_share is None else f"{100 * t.layers_share:.0f}%"
+        share += " (!)" if t.layers_share is not None and t.layers_share > 1 else ""
+        row = [str(t.batch), forward, _ms(t.layers_dense_ms) if t.complete else "incomplete: budget", share]
         for p in PATHS:
             if m.path_reasons.get(p):
                 continue
@@ -270,6 +271,10 @@ def markdown(m: Measurement, command: str = "") -> str:
                 row += [f"{_ms(pt.layers_ms)} (vs {_ms(pt.reference_ms)})", _x(pt.speedup),
                         _x(pt.forward_estimate) + (" (est.)" if pt.forward_estimate else ""), str(pt.dense_layers)]
         lines.append("| " + " | ".join(row) + " |")
+    if any(t.layers_share is not None and t.layers_share > 1 for t in totals):
+        lines += ["", "(!) The layers, timed one by one, add up to more than the whole forward: the two disagree (a "
+                  "busy machine, or per-call overhead the forward does not pay), so that batch's numbers are doubtful; "
+                  "its forward estimate takes the share as 100%."]
     for batch in m.batches:
         lines += ["", f"## Batch {batch}", ""]
         head = ["shape", "count", "GEMM rows x K x N", "dense ms"] + (["dense GEMM ms"] if has_conv else [])
