@@ -228,3 +228,7 @@ def test_totals_count_layers_a_path_skips_at_their_dense_time():
     text = report.markdown(m)
     assert "| 4 | 100 | 74.00 | 74% | 21.00 (vs 48.00) | 2.29x |" in text
     assert "Unstructured 90%: pays off at batch 4 (layers 2.29x" in text
+    m.forward_ms[4] = 50.0  # the layers timed one by one add up to more than the forward: flagged, share taken as 1
+    (total,) = report.batch_totals(m)
+    assert total.paths["unstructured"].forward_estimate == pytest.approx(48 / 21)
+    assert "| 148% (!) |" in report.markdown(m)
