@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dstrain.cli import main as dstrain_main
+from dstrain.errors import ConfigError
 from dstrain.speedcheck import report, runner
 from dstrain.speedcheck.cli import main as speedcheck_main
 from dstrain.speedcheck.model_source import resolve_model
@@ -72,6 +73,28 @@ def test_recipe_gives_its_model_prunable_layers_sparsity_and_pattern():
     assert convs[0] not in gmp.prunable and linears[-1] not in gmp.prunable and set(convs[1:]) <= gmp.prunable
     nm = resolve_model(str(REPO / "recipes/digits_nm24.yaml"))
     assert (nm.sparsity, nm.pattern) == (0.5, "2:4")
+
+
+def _tiny_bert_dir(path: Path) -> Path:
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+               max_position_embeddings=64).save_pretrained(path)
+    return path
+
+
+def test_glue_recipe_builds_its_classifier_from_config_with_the_recipe_s_pattern_and_sequence_length(tmp_path):
+    text = (REPO / "recipes/bert/mnli_2of4_kd_10ep.yaml").read_text()
+    model_dir = _tiny_bert_dir(tmp_path / "bert")
+    recipe = tmp_path / "r.yaml"
+    text = text.replace("/models/bert-base-uncased", str(model_dir))
+    recipe.write_text(text.replace("max_length: 128", "max_length: 32"))
+    spec = resolve_model(str(recipe))
+    assert (spec.pattern, spec.sparsity, spec.input_desc) == ("2:4", 0.5, "32 tokens")
+    assert not any(("pooler" in n or "classifier" in n) for n in spec.prunable) and len(spec.prunable) == 12
+    recipe.write_text(text)
+    with pytest.raises(ConfigError, match="task.max_length: 128 exceeds the model's 64 positions"):
+        resolve_model(str(recipe))
 
 
 def test_exported_folder_reports_the_sparsity_its_weights_really_have(tmp_path):
@@ -143,12 +166,8 @@ def test_cpu_run_of_resnet18_json_totals_and_no_2_4_number(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU wording")
 def test_bf16_on_cpu_says_both_sparse_paths_are_unsupported_and_prints_no_sparse_number(tmp_path, capsys):
-    from transformers import BertConfig
-
-    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
-               max_position_embeddings=64).save_pretrained(tmp_path)
-    rc, text, _ = _run(capsys, str(tmp_path), "--seq-len", "16", "--batch", "2", "--dtype", "bf16", "--json", "-",
-                       "--warmup", "1", "--repeats", "1")
+    rc, text, _ = _run(capsys, str(_tiny_bert_dir(tmp_path)), "--seq-len", "16", "--batch", "2", "--dtype", "bf16",
+                       "--json", "-", "--warmup", "1", "--repeats", "1")
     assert rc == 0
     data = json.loads(text)
     assert [s["count"] for s in data["shapes"]] == [8, 2, 2, 1] and data["model"]["input"] == "16 tokens"
@@ -161,7 +180,8 @@ def test_a_tiny_budget_reports_not_measured_instead_of_numbers(capsys):
     rc, text, _ = _run(capsys, str(REPO / "recipes/digits_gmp90.yaml"), "--batch", "1,8", "--budget-s", "0.000001")
     assert rc == 0
     assert "| conv 32->32 3x3 @8x8 | 2 | 64x288x32 | not measured: budget |" in text
-    assert "Unstructured 90%: not measured (budget ran out before any batch size was complete)." in text
+    assert ("Unstructured 90% (this model's pattern): not measured (budget ran out before any batch size "
+            "was complete).") in text
 
 
 def test_dstrain_cli_lists_and_dispatches_speedcheck(capsys):
@@ -227,7 +247,7 @@ def test_totals_count_layers_a_path_skips_at_their_dense_time():
     assert total.paths["2:4"] is None
     text = report.markdown(m)
     assert "| 4 | 100 | 74.00 | 74% | 21.00 (vs 48.00) | 2.29x |" in text
-    assert "Unstructured 90%: pays off at batch 4 (layers 2.29x" in text
+    assert "Unstructured 90% (this model's pattern): pays off at batch 4 (layers 2.29x" in text
     m.forward_ms[4] = 50.0  # the layers timed one by one add up to more than the forward: flagged, share taken as 1
     (total,) = report.batch_totals(m)
     assert total.paths["unstructured"].forward_estimate == pytest.approx(48 / 21)

@@ -90,15 +90,18 @@ def _modules_of(params: Dict[str, Any]) -> Set[str]:
     return {name[: -len(".weight")] if name.endswith(".weight") else "" for name in params if name.endswith("weight")}
 
 
-def _check_seq_len(config: Any, seq_len: int) -> None:
+def _check_seq_len(config: Any, seq_len: int, field: str) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
-        raise ConfigError("--seq-len", f"{seq_len} exceeds the model's {limit} positions", f"use at most {limit}")
+        raise ConfigError(field, f"{seq_len} exceeds the model's {limit} positions", f"use at most {limit}")
 
 
 def _hf_spec(name: str, source: str, model: nn.Module, seq_len: Optional[int], image_size: Optional[int],
-             prunable: Optional[Set[str]] = None) -> ModelSpec:
-    """A transformers model fed by its main input: token ids, or images for a vision config."""
+             prunable: Optional[Set[str]] = None, seq_len_field: str = "--seq-len") -> ModelSpec:
+    """A transformers model fed by its main input: token ids, or images for a vision config.
+
+    ``seq_len_field`` names where a too-long sequence length came from (the option, or the recipe/export).
+    """
     config = model.config
     key = getattr(model, "main_input_name", "input_ids")
     if key == "pixel_values":
@@ -107,7 +110,7 @@ def _hf_spec(name: str, source: str, model: nn.Module, seq_len: Optional[int], i
         make, kind, desc = image_input(channels, size), "image", f"{channels}x{size}x{size} images"
     elif key == "input_ids":
         seq = seq_len or DEFAULT_SEQ_LEN
-        _check_seq_len(config, seq)
+        _check_seq_len(config, seq, seq_len_field)
         make, kind, desc = token_input(int(config.vocab_size), seq), "text", f"{seq} tokens"
     else:
         raise ConfigError(ARG, f"{name}: the model's input {key!r} is neither token ids nor images",
@@ -198,7 +201,8 @@ def _recipe(path: Path, seq_len: Optional[int], image_size: Optional[int]) -> Mo
         config = AutoConfig.from_pretrained(_check_model_dir(task.model_dir, "task.model_dir"), local_files_only=True)
         config.num_labels = get_task_spec(task.glue_task).num_labels
         model = AutoModelForSequenceClassification.from_config(config)
-        spec = _hf_spec(str(path), "recipe", model, seq_len or task.max_length, None, prunable=set())
+        spec = _hf_spec(str(path), "recipe", model, seq_len or task.max_length, None, prunable=set(),
+                        seq_len_field="--seq-len" if seq_len else "task.max_length")
     else:
         from ..models import build_vision_model
 
@@ -234,7 +238,8 @@ def _export(path: Path, seq_len: Optional[int], image_size: Optional[int]) -> Mo
     two_four = bool(pruned) and all(nm_eligible(modules[n].weight, (2, 4)) and is_nm(modules[n].weight.detach(), (2, 4))
                                     for n in pruned)
     if task.get("name") == "glue":
-        spec = _hf_spec(str(path), "export", model, seq_len or task.get("max_length"), None, prunable=pruned)
+        spec = _hf_spec(str(path), "export", model, seq_len or task.get("max_length"), None, prunable=pruned,
+                        seq_len_field="--seq-len" if seq_len else "the export's task.max_length")
     else:
         channels = next(m.in_channels for _, m in layers if isinstance(m, nn.Conv2d))
         size = image_size or NATIVE_IMAGE_SIZE.get(task.get("name"), task.get("image_size", DEFAULT_IMAGE_SIZE))

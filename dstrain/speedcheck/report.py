@@ -168,7 +168,7 @@ def verdicts(m: Measurement, totals: List[BatchTotal]) -> Dict[str, str]:
                 measured.append((t.batch, pt.speedup, pt.forward_estimate))
             else:
                 unmeasured.append(t.batch)
-        label = path_label(path, m.sparsity)
+        label = path_label(path, m.sparsity) + (" (this model's pattern)" if path == own_path(m) else "")
         out[path] = verdict_line(label, measured, m.path_reasons.get(path), unmeasured)
     return out
 
@@ -225,8 +225,8 @@ def markdown(m: Measurement, command: str = "") -> str:
     for note in m.spec.notes:
         lines.append(f"* {note}")
     if own:
-        lines.append(f"* the model's own pattern: {m.spec.pattern}, sparsity {100 * m.spec.sparsity:.3g}% "
-                     f"(the {labels[own]} row is the one that applies)")
+        lines.append(f"* this model's pattern: {m.spec.pattern}, sparsity {100 * m.spec.sparsity:.3g}% "
+                     f"(the {labels[own]} verdict and columns are the ones that apply)")
     if m.shapes.unseen:
         lines.append(f"* {len(m.shapes.unseen)} Linear/Conv2d module(s) never ran their forward (e.g. "
                      f"{m.shapes.unseen[0]}; nn.MultiheadAttention calls its weights directly): not measured")
@@ -246,7 +246,7 @@ def markdown(m: Measurement, command: str = "") -> str:
             lines.append(f"* {labels[path]}: {m.path_reasons[path]}")
     lines += ["", "## Verdict", ""]
     order = [own] + [p for p in PATHS if p != own] if own else list(PATHS)
-    lines += [verdict[p] + ("  (the model's own pattern)" if p == own else "") for p in order]
+    lines += [verdict[p] for p in order]
     lines += ["", f"({PAYS_OFF}: > {PAYS_OFF_ABOVE}x, {COSTS}: < {COSTS_BELOW}x, decided on the measured Linear/Conv2d "
               "layer time; \"forward est.\" is an Amdahl estimate from the measured dense forward, not a measurement.)",
               "", "## Whole model", ""]
