@@ -1,6 +1,6 @@
-"""Every GPU check and measurement of the kernel work, in two parts that each fit one short device call.
+"""Every GPU check and measurement of the kernel work, in parts that each fit one short device call.
 
-    python3 benchmarks/gpu_session.py --out OUT --part 1|2|all [--dry-run] [--budget SECONDS]
+    python3 benchmarks/gpu_session.py --out OUT --part 1|2|3|all [--dry-run] [--budget SECONDS]
 
 (``benchmarks/gpu_session.sh`` installs the carried wheels, sets PYTHONPATH/PATH and calls
 this; ``benchmarks/README.md`` has the exact device-tool invocations.)
@@ -8,9 +8,12 @@ this; ``benchmarks/README.md`` has the exact device-tool invocations.)
 Why a driver rather than a shell pipeline: a GPU lease is 15 minutes in all, starts
 included, so the session must succeed on its first try.  Every step therefore runs as
 its own subprocess with a timeout inside an overall budget, its whole output goes to a
-file in OUT (flat: the device tool returns only files written under $OUT), a failed or
-timed-out step is recorded in ``steps.json``/``summary.md`` and the session goes on to
-the next one, and nothing is piped through ``tail``.
+file in OUT, a failed or timed-out step is recorded in ``steps.json``/``summary.md`` and
+the session goes on to the next one, and nothing is piped through ``tail``.  The device
+tool brings back at most 8 files from $OUT and silently drops the rest (part 1 once lost
+half its logs that way), so every part ends by packing every file it wrote into one
+archive, ``OUT/part<N>.tar.gz``: only ``summary.md``, ``steps.json`` and the archives stay
+loose.
 
 Part 1 (<= 5 min): environment, imports and paths, ``selfcheck --quick`` (every kernel
 variant, one block config each), and the kernel benchmarks (host time, optimizer steps,
@@ -18,24 +21,30 @@ threshold selection; one pytest run and one JSON per file, so a timeout costs on
 with their Markdown tables.
 Part 2 (<= 5 min): ResNet50 ZeRO-2/bf16 end-to-end throughput, dense vs a fixed 90 % mask
 (``recipes/bench/``), read from ``<runs>/<run>/<recipe name>/result.json``, table in
-``throughput.md``; then the sm_XX compiled-code table (``dstrain.kernels.aot``), last because part 1
-has the least slack (Triton autotunes every benchmarked variant there).
+``throughput.md``; ``dstrain speedcheck`` of ResNet50 and BERT-base in bf16 (dense vs 2:4 vs
+unstructured 90 % per layer shape, 30 s budget each; ``speedcheck_<model>.md`` and ``.json``);
+then the sm_XX compiled-code table (``dstrain.kernels.aot``), last because part 1 has the least
+slack (Triton autotunes every benchmarked variant there).
+Part 3 (<= 2 min): the environment step and the two speedchecks alone, for a short extra call.
 
 ``--dry-run`` runs the same steps on a CPU machine with the device image's software
 (pyenv Python 3.12, torch 2.11, triton 3.6, the carried wheels): kernels under the Triton
 interpreter, benchmarks in their smoke mode (tiny shapes), the compiled-code table for
-sm_90 (Triton's own ptxas, no GPU needed), and both throughput runs through the same
+sm_90 (Triton's own ptxas, no GPU needed), both throughput runs through the same
 ``deepspeed`` launcher, config and recipes with the model input shrunk (32x32 images, a
-few steps, DS_ACCELERATOR=cpu).  Whatever fails there would fail on the GPU.
+few steps, DS_ACCELERATOR=cpu), and the speedchecks on the CPU at small inputs (where they
+must say that 2:4 is not supported).  Whatever fails there would fail on the GPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -48,7 +57,16 @@ BENCH_FILES = ("test_bench_host.py", "test_bench_optim.py", "test_bench_select.p
 DRY_RUN_OVERRIDES = ["task.image_size=32", "task.synthetic_size=64", "task.num_workers=2",
                      "training.batch_size=8"]
 """What the CPU dry run shrinks: the input, not the code path (same launcher, config, recipe)."""
-PART_BUDGET_S = 285.0
+SPEEDCHECK_MODELS = {"resnet50": [], "bert-base": ["--seq-len", "128"]}
+SPEEDCHECK_ARGS = ["--dtype", "bf16", "--batch", "1,8,64,256", "--budget-s", "30"]
+"""30 s of timing each: part 2 has about 95 s left after the throughput runs, and the aot table still follows."""
+DRY_RUN_SPEEDCHECK_ARGS = ["--dtype", "bf16", "--batch", "1,2", "--image-size", "32", "--seq-len", "16",
+                           "--budget-s", "30"]
+"""The CPU rehearsal: same command and dtype (so both sparse paths must report "not supported"), small inputs."""
+PART_BUDGET_S = {"1": 285.0, "2": 285.0, "3": 150.0}
+LOOSE_FILES = ("summary.md", "steps.json")
+"""What stays outside the part archives, so a device call brings back at most 2 + parts files."""
+ARCHIVE = re.compile(r"^part\d+\.tar\.gz$")
 
 
 class Session:
@@ -243,8 +261,25 @@ def part2(s: Session, runs_dir: Path) -> None:
                  f"{[r for r in RUNS if r not in results]} under {runs_dir}/<run>/<recipe name>/")
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         s.record("throughput_summary", "failed", time.monotonic() - start, "", note=f"{type(exc).__name__}: {exc}")
+    speedchecks(s)
     # last: the compiled-code table is information, the throughput runs are the measurement
     s.run("aot", [PY, "-m", "dstrain.kernels.aot", "--arch", _gpu_arch()], 120, output="aot.md")
+
+
+def speedcheck_command(out: Path, model: str, dry_run: bool) -> List[str]:
+    """``dstrain speedcheck`` of ``model`` with its JSON in OUT (its Markdown is the step's output file)."""
+    extra = DRY_RUN_SPEEDCHECK_ARGS if dry_run else SPEEDCHECK_ARGS + SPEEDCHECK_MODELS[model]
+    return [PY, "-m", "dstrain.cli", "speedcheck", model, *extra, "--json", str(out / f"speedcheck_{model}.json")]
+
+
+def speedchecks(s: Session) -> None:
+    for model in SPEEDCHECK_MODELS:
+        s.run(f"speedcheck_{model}", speedcheck_command(s.out, model, s.dry_run), 60, output=f"speedcheck_{model}.md")
+
+
+def part3(s: Session) -> None:
+    check_environment(s)
+    speedchecks(s)
 
 
 def collect_run(out: Path, runs_dir: Path, run: str) -> Optional[Dict]:
@@ -275,29 +310,64 @@ def throughput_table(results: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
+def pack_part(s: Session, part: str) -> None:
+    """Move every file in OUT except :data:`LOOSE_FILES` and earlier archives into ``OUT/part<part>.tar.gz``.
+
+    Recorded as a step; if packing fails, the files stay loose (some may then not come back).
+    """
+    start = time.monotonic()
+    archive = s.out / f"part{part}.tar.gz"
+    members = sorted(p for p in s.out.iterdir() if p.name not in LOOSE_FILES and not ARCHIVE.match(p.name))
+    try:
+        partial = archive.with_name(archive.name + ".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            for path in members:
+                tar.add(path, arcname=path.name)
+        os.replace(partial, archive)
+    except OSError as exc:
+        s.record(f"pack_part{part}", "failed", time.monotonic() - start, "", note=f"{exc}; files left loose")
+        return
+    for path in members:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    s.record(f"pack_part{part}", "ok", time.monotonic() - start, archive.name,
+             note=f"{len(members)} files: {', '.join(p.name for p in members)}")
+
+
+def _part2(s: Session, runs_dir: Optional[str]) -> None:
+    import tempfile
+
+    part2(s, Path(runs_dir) if runs_dir else Path(tempfile.mkdtemp(prefix="dstrain_runs_")))
+
+
+PARTS = {"1": lambda s, runs_dir: part1(s), "2": _part2, "3": lambda s, runs_dir: part3(s)}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for every result file (flat)")
-    parser.add_argument("--part", choices=("1", "2", "all"), default="1")
+    parser.add_argument("--out", required=True, help="folder for every result file (packed per part at the end)")
+    parser.add_argument("--part", choices=("1", "2", "3", "all"), default="1", help="all: parts 1 and 2")
     parser.add_argument("--dry-run", action="store_true", help="CPU rehearsal in the device image's versions")
     parser.add_argument("--budget", type=float, default=None,
-                        help=f"seconds for the whole call (default {PART_BUDGET_S:.0f} per part)")
+                        help="seconds for the whole call (default: "
+                             + ", ".join(f"part {p} {b:.0f}" for p, b in PART_BUDGET_S.items()) + ")")
     parser.add_argument("--runs_dir", default=None, help="where the throughput runs write (default: a temp folder)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parts = ["1", "2"] if args.part == "all" else [args.part]
-    budget = args.budget if args.budget is not None else PART_BUDGET_S * len(parts)
+    budget = args.budget if args.budget is not None else sum(PART_BUDGET_S[p] for p in parts)
     s = Session(out, budget, args.dry_run)
     print(f"gpu session part {args.part}{' (dry run)' if args.dry_run else ''}: out={out}, budget {budget:.0f} s",
           flush=True)
-    if "1" in parts:
-        part1(s)
-    if "2" in parts:
-        import tempfile
-
-        part2(s, Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="dstrain_runs_")))
-    summary = s.summary()
+    for part in parts:
+        PARTS[part](s, args.runs_dir)
+        pack_part(s, part)
+    archives = ", ".join(f"part{p}.tar.gz" for p in parts)
+    summary = (s.summary() + f"\n\nEvery step's output file is inside {archives} (`tar xzf`); "
+               "only summary.md, steps.json and the archives are left loose.")
     (out / "summary.md").write_text(summary + "\n")
     print(summary)
     return 0 if all(st["status"] == "ok" for st in s.steps) else 1

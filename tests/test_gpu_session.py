@@ -1,14 +1,17 @@
-"""benchmarks/gpu_session.py: the GPU session's driver keeps going, records everything, writes flat.
+"""benchmarks/gpu_session.py: the GPU session's driver keeps going, records everything, packs each part.
 
 The session itself is rehearsed on the CPU with ``--dry-run`` (benchmarks/README.md); these
 tests pin the driver's own behaviour in a second: a failed or timed-out step is recorded and
 the next one still runs, a timed-out step's children die with it, the result files land flat
-in the output folder, and the throughput summary reads ``<runs>/<run>/<recipe name>/result.json``.
+in the output folder, the throughput summary reads ``<runs>/<run>/<recipe name>/result.json``,
+the speedchecks run where and as the README says, and each part ends with its files in one
+archive, because the device tool brings back at most 8 files.
 """
 from __future__ import annotations
 
 import json
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -63,11 +66,75 @@ def test_throughput_results_are_read_from_the_recipe_named_folder_and_copied_fla
     assert gpu_session.collect_run(out, tmp_path / "elsewhere", "dense") is None
 
 
-@pytest.mark.parametrize("part", ["1", "2"])
-def test_header_and_readme_give_the_device_call_for_each_part(part):
+@pytest.mark.parametrize("part, timeout", [("1", 330), ("2", 330), ("3", 200)])
+def test_header_and_readme_give_the_device_call_for_each_part(part, timeout):
     repo = Path(__file__).resolve().parent.parent
     call = f'bash benchmarks/gpu_session.sh "$OUT" {part}'
     assert call in (repo / "benchmarks" / "gpu_session.sh").read_text()
     readme = (repo / "benchmarks" / "README.md").read_text()
-    assert "run(command='" + call + "', carry=[\".whl\"], timeout_s=330)" in readme
+    assert "run(command='" + call + f"', carry=[\".whl\"], timeout_s={timeout})" in readme
+    assert gpu_session.PART_BUDGET_S[part] + 30 <= timeout  # wheel install and Python start fit the rest
     assert len(call) <= 2000
+
+
+def _fake_steps(monkeypatch, s):
+    """Steps recorded as ok without running anything; returns the list of their names."""
+    names = []
+
+    def run(name, cmd, timeout_s, env=None, output=None):
+        names.append(name)
+        (s.out / (output or f"{name}.txt")).write_text(" ".join(cmd))
+        s.record(name, "ok", 0.0, output or f"{name}.txt", " ".join(cmd))
+        return True
+
+    monkeypatch.setattr(s, "run", run)
+    return names
+
+
+def test_part2_runs_the_speedchecks_after_the_throughput_runs_and_before_aot(tmp_path, monkeypatch):
+    s = gpu_session.Session(tmp_path, budget_s=60, dry_run=False)
+    names = _fake_steps(monkeypatch, s)
+    gpu_session.part2(s, tmp_path / "runs")
+    assert [n for n in names if n != "nvidia-smi"] == ["environment", "throughput_dense", "throughput_sparse90",
+                                                       "speedcheck_resnet50", "speedcheck_bert-base", "aot"]
+    s3 = gpu_session.Session(tmp_path / "p3", budget_s=60, dry_run=True)
+    s3.out.mkdir()
+    assert _fake_steps(monkeypatch, s3) is not None
+    gpu_session.part3(s3)
+    assert [st["name"] for st in s3.steps] == ["environment", "speedcheck_resnet50", "speedcheck_bert-base"]
+
+
+def test_speedcheck_commands_on_the_gpu_and_in_the_dry_run(tmp_path):
+    gpu = " ".join(gpu_session.speedcheck_command(tmp_path, "resnet50", dry_run=False))
+    assert gpu.endswith(f"-m dstrain.cli speedcheck resnet50 --dtype bf16 --batch 1,8,64,256 --budget-s 30 "
+                        f"--json {tmp_path / 'speedcheck_resnet50.json'}")
+    assert "--seq-len 128 --json" in " ".join(gpu_session.speedcheck_command(tmp_path, "bert-base", dry_run=False))
+    dry = gpu_session.speedcheck_command(tmp_path, "bert-base", dry_run=True)
+    assert dry[dry.index("--dtype") + 1] == "bf16" and dry[dry.index("--batch") + 1] == "1,2"
+
+
+def test_each_part_packs_every_file_it_wrote_and_leaves_three_loose(tmp_path, monkeypatch):
+    (tmp_path / "install.txt").write_text("written by gpu_session.sh before Python starts")
+
+    def fake_part(part):
+        def run(s, runs_dir):
+            _fake_steps(monkeypatch, s)
+            for i in range(6):  # more than the 8 files the device tool would bring back, over two parts
+                s.run(f"p{part}_step{i}", ["echo", str(i)], 10)
+        return run
+
+    monkeypatch.setattr(gpu_session, "PARTS", {p: fake_part(p) for p in ("1", "2", "3")})
+    assert gpu_session.main(["--out", str(tmp_path), "--part", "all", "--budget", "60"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part1.tar.gz", "part2.tar.gz", "steps.json", "summary.md"]
+    with tarfile.open(tmp_path / "part1.tar.gz") as tar:
+        assert sorted(tar.getnames()) == sorted(["install.txt"] + [f"p1_step{i}.txt" for i in range(6)])
+        assert tar.extractfile("p1_step3.txt").read() == b"echo 3"
+    with tarfile.open(tmp_path / "part2.tar.gz") as tar:
+        assert sorted(tar.getnames()) == [f"p2_step{i}.txt" for i in range(6)]
+    steps = json.loads((tmp_path / "steps.json").read_text())
+    assert [st["name"] for st in steps if st["name"].startswith("pack")] == ["pack_part1", "pack_part2"]
+    assert all(st["status"] == "ok" for st in steps)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| pack_part2 | ok |" in summary and "inside part1.tar.gz, part2.tar.gz" in summary
+    assert gpu_session.main(["--out", str(tmp_path / "three"), "--part", "3", "--budget", "60"]) == 0
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == ["part3.tar.gz", "steps.json", "summary.md"]

@@ -5,6 +5,7 @@
     dstrain selfcheck       # fused kernels vs the PyTorch reference on this GPU (exit 3: cannot run here)
     dstrain verify CHECKPOINT [CHECKPOINT ...]  # check a checkpoint (or a checkpoints/ folder) against its manifest
     dstrain export RUN_OR_CHECKPOINT --format {torchvision,hf,compressed,semi-structured} --out DIR
+    dstrain speedcheck MODEL [--batch 1,8,64] [--dtype bf16] [--json OUT]  # will sparsity make MODEL faster here?
 
 Each subcommand hands the rest of the command line to its own module's parser
 (``dstrain.cli.<command>``), so ``dstrain train --help`` shows the full options.
@@ -15,7 +16,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-COMMANDS = ("train", "report", "selfcheck", "verify", "export")
+COMMANDS = ("train", "report", "selfcheck", "verify", "export", "speedcheck")
 
 
 def _usage() -> str:

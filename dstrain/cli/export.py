@@ -6,8 +6,8 @@ import sys
 from typing import List, Optional
 
 from dstrain.errors import ConfigError
-from dstrain.run.export import ARG, export_checkpoint
 from dstrain.export import FORMATS
+from dstrain.run.export import ARG, export_checkpoint
 
 
 def main(argv: Optional[List[str]] = None) -> int:
