@@ -25,7 +25,8 @@ Part 2 (<= 5 min): ResNet50 ZeRO-2/bf16 end-to-end throughput, dense vs a fixed 
 unstructured 90 % per layer shape, 30 s budget each; ``speedcheck_<model>.md`` and ``.json``);
 then the sm_XX compiled-code table (``dstrain.kernels.aot``), last because part 1 has the least
 slack (Triton autotunes every benchmarked variant there).
-Part 3 (<= 2 min): the environment step and the two speedchecks alone, for a short extra call.
+Part 3 (<= 2.5 min): the environment step, the two speedchecks and a profile of the fused AdamW step
+and the threshold selection (``benchmarks/profile_gpu.py``), for a short extra call.
 
 ``--dry-run`` runs the same steps on a CPU machine with the device image's software
 (pyenv Python 3.12, torch 2.11, triton 3.6, the carried wheels): kernels under the Triton
@@ -63,7 +64,7 @@ SPEEDCHECK_ARGS = ["--dtype", "bf16", "--batch", "1,8,64,256", "--budget-s", "30
 DRY_RUN_SPEEDCHECK_ARGS = ["--dtype", "bf16", "--batch", "1,2", "--image-size", "32", "--seq-len", "16",
                            "--budget-s", "30"]
 """The CPU rehearsal: same command and dtype (so both sparse paths must report "not supported"), small inputs."""
-PART_BUDGET_S = {"1": 285.0, "2": 285.0, "3": 150.0}
+PART_BUDGET_S = {"1": 285.0, "2": 285.0, "3": 170.0}
 LOOSE_FILES = ("summary.md", "steps.json")
 """What stays outside the part archives, so a device call brings back at most 2 + parts files."""
 ARCHIVE = re.compile(r"^part\d+\.tar\.gz$")
@@ -280,6 +281,13 @@ def speedchecks(s: Session) -> None:
 def part3(s: Session) -> None:
     check_environment(s)
     speedchecks(s)
+    profile(s)
+
+
+def profile(s: Session) -> None:
+    """Where the time of a fused step and of the threshold goes (benchmarks/profile_gpu.py): kernels vs launches."""
+    env = {"DSTRAIN_BENCH_SMOKE": "1", "TRITON_INTERPRET": "1"} if s.dry_run else {}
+    s.run("profile", [PY, "benchmarks/profile_gpu.py", "--out", str(s.out)], 90, env=env, output="profile.txt")
 
 
 def collect_run(out: Path, runs_dir: Path, run: str) -> Optional[Dict]:

@@ -3,4 +3,5 @@ import sys
 
 from dstrain.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (pkgutil walks) must not run the command
+    sys.exit(main())
