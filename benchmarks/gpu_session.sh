@@ -16,7 +16,7 @@
 # then two calls of the `device` tool's `run`, each with carry [".whl"] and timeout_s 330:
 #   command: bash benchmarks/gpu_session.sh "$OUT" 1
 #   command: bash benchmarks/gpu_session.sh "$OUT" 2
-# or, for a short extra call (environment and the two speedchecks only), timeout_s 200:
+# or, for a short extra call (environment and the two speedchecks only), timeout_s 210:
 #   command: bash benchmarks/gpu_session.sh "$OUT" 3
 # CPU rehearsal in the device image's versions (see benchmarks/README.md):
 #   PYTHON=/work/venv312/bin/python3 DSTRAIN_SITE=/tmp/site312 bash benchmarks/gpu_session.sh /tmp/dry 1 --dry-run
