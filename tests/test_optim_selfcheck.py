@@ -5,6 +5,7 @@ that runs it compiled on CUDA is skipped without a GPU.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,14 @@ def test_selfcheck_help_names_the_subcommand_and_exit_statuses(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: dstrain selfcheck") and "3 the check cannot run here" in out
+
+
+def test_importing_dstrain_leaves_the_kernel_settings_unread():
+    """``--quick`` sets DSTRAIN_AUTOTUNE after ``import dstrain``: nothing before may define the kernels."""
+    code = ("import sys, dstrain, dstrain.cli.selfcheck, dstrain.optim\n"
+            "assert 'dstrain.kernels._runtime' not in sys.modules and 'triton' not in sys.modules, "
+            "sorted(m for m in sys.modules if 'kernels' in m or m.startswith('triton'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,7 +7,7 @@ from dstrain.schedules import ACDC, Constant, Dense, Gradual, LRSchedule, OneSho
 
 
 def test_cubic_gmp_values_match_the_formula():
-    s = Gradual(initial=0.1, final=0.9, start=10, end=50, frequency=10)
+    s = Gradual(initial_sparsity=0.1, final_sparsity=0.9, start=10, end=50, frequency=10)
     # s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 at t = t0 + k dt, n dt = 40
     expected = {10: 0.1, 20: 0.9 - 0.8 * 0.75**3, 30: 0.9 - 0.8 * 0.5**3, 40: 0.9 - 0.8 * 0.25**3, 50: 0.9}
     for t, value in expected.items():
@@ -21,7 +21,7 @@ def test_cubic_gmp_values_match_the_formula():
 
 
 def test_gmp_end_not_on_frequency_grid_still_reaches_final():
-    s = Gradual(initial=0.0, final=0.8, start=0, end=25, frequency=10)
+    s = Gradual(initial_sparsity=0.0, final_sparsity=0.8, start=0, end=25, frequency=10)
     assert s.update_steps(40) == [0, 10, 20, 25]
     assert s.target(25) == 0.8
 

@@ -10,12 +10,16 @@ from dstrain.export import FORMATS
 from dstrain.run.export import ARG, export_checkpoint
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dstrain export", description=__doc__.split("\n\n")[0])
     p.add_argument("path", metavar=ARG, help="run folder (OUTPUT_DIR/<recipe name>) or a checkpoints/step* folder")
     p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="folder to write")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         export_checkpoint(args.path, args.format, args.out)
     except ConfigError as err:

@@ -9,7 +9,7 @@ from dstrain.errors import ConfigError
 from dstrain.report import write_report
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     from dstrain import report
 
     p = argparse.ArgumentParser(prog="dstrain report", description=report.__doc__,
@@ -18,7 +18,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="run folder (with metrics.jsonl), or a folder of run folders")
     p.add_argument("--out", default=None, metavar="OUT_DIR",
                    help="where report.md and report.png go (default: the first RUN_DIR)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = args.run_dirs[0]
     return args

@@ -13,14 +13,20 @@ from typing import Optional, Sequence
 import torch
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from dstrain.optim import selfcheck
 
     parser = argparse.ArgumentParser(prog="dstrain selfcheck", description=selfcheck.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="every kernel variant once, one block config each (under a minute on a GPU)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from dstrain.optim import selfcheck
+
+    args = build_parser().parse_args(argv)
     if args.quick:
         runtime = sys.modules.get("dstrain.kernels._runtime")
         if runtime is None:

@@ -14,12 +14,16 @@ from dstrain.run.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint
 from dstrain.run.rundir import RunDir
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dstrain verify", description="Check checkpoints against their manifests "
                                 "(size and SHA-256 of every file). A run folder, or a folder of step folders "
                                 "(a run's checkpoints/), checks each of them.")
     p.add_argument("paths", nargs="+", metavar="CHECKPOINT")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     status = 0
     for arg in args.paths:
         path = Path(arg)

@@ -13,8 +13,14 @@ Public entry points (used by :mod:`dstrain.optim` and :mod:`dstrain.sparsity.mag
 
 Each fused optimizer step is one multi-tensor launch per (device, grad dtype, mask
 format) group, not one per parameter (:mod:`dstrain.kernels.multi_tensor`).  Compiled kernels
-need CUDA tensors; with ``TRITON_INTERPRET=1`` set before this package is imported
-they run on CPU tensors under the Triton interpreter (how the tests run).
+need CUDA tensors; with ``TRITON_INTERPRET=1`` set before they are first used they run on CPU
+tensors under the Triton interpreter (how the tests run).
+
+Importing this package imports neither Triton nor the kernels: the Triton entry points are
+loaded on first use (module ``__getattr__``).  Why: the kernels read their settings
+(``TRITON_INTERPRET``, ``DSTRAIN_AUTOTUNE``) when they are defined, and ``import dstrain``
+(which reaches the pure-Python helpers here, e.g. :mod:`.adamw_scalars`) must leave a command
+such as ``dstrain selfcheck --quick`` free to set them first.
 
 Modules: ``masked_sgd``, ``masked_adamw`` (kernels + wrappers), ``multi_tensor``
 (work lists / pointer tables), ``bitmask``, ``radix_select`` (torch selector),
@@ -23,9 +29,14 @@ Modules: ``masked_sgd``, ``masked_adamw`` (kernels + wrappers), ``multi_tensor``
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import Any
 
 from .bitmask import BitMask, pack_mask, unpack_mask
 from .radix_select import kth_smallest_abs_torch
+
+_TRITON_ENTRY_POINTS = {"fused_masked_sgd": ".masked_sgd", "fused_masked_adamw": ".masked_adamw",
+                        "kth_smallest_abs": ".select", "kth_smallest_abs_triton": ".select"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,21 +48,28 @@ def triton_available() -> bool:
     return True
 
 
-if triton_available():
-    from .masked_adamw import fused_masked_adamw
-    from .masked_sgd import fused_masked_sgd
-    from .select import kth_smallest_abs, kth_smallest_abs_triton
-else:  # pragma: no cover - triton is a dependency; kept so importing dstrain.kernels never fails
-    kth_smallest_abs = kth_smallest_abs_torch
+def _without_triton(name: str) -> Any:  # pragma: no cover - triton is a dependency
+    if name == "kth_smallest_abs":
+        return kth_smallest_abs_torch
 
-    def fused_masked_sgd(*args, **kwargs):
-        raise NotImplementedError("fused_masked_sgd needs Triton, which failed to import; use backend='torch'")
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{name} needs Triton, which failed to import; use backend='torch'")
 
-    def fused_masked_adamw(*args, **kwargs):
-        raise NotImplementedError("fused_masked_adamw needs Triton, which failed to import; use backend='torch'")
+    return unavailable
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TRITON_ENTRY_POINTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if triton_available():
+        value = getattr(importlib.import_module(_TRITON_ENTRY_POINTS[name], __name__), name)
+    else:
+        value = _without_triton(name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [
-    "triton_available", "fused_masked_sgd", "fused_masked_adamw", "kth_smallest_abs",
+    "triton_available", "fused_masked_sgd", "fused_masked_adamw", "kth_smallest_abs", "kth_smallest_abs_triton",
     "kth_smallest_abs_torch", "BitMask", "pack_mask", "unpack_mask",
 ]

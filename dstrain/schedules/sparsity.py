@@ -79,14 +79,14 @@ class OneShot(SparsitySchedule):
 
 @dataclass(frozen=True)
 class Gradual(SparsitySchedule):
-    """Gradual magnitude pruning (Zhu & Gupta): cubic ramp from ``initial`` to ``final``.
+    """Gradual magnitude pruning (Zhu & Gupta): cubic ramp from ``initial_sparsity`` to ``final_sparsity``.
 
     s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))^3 evaluated at t0, t0+Δt, ..., t0+n·Δt = end.
     Masks are recomputed every ``frequency`` steps inside [start, end] and stay fixed after.
     """
 
-    initial: float
-    final: float
+    initial_sparsity: float
+    final_sparsity: float
     start: int
     end: int
     frequency: int
@@ -98,13 +98,13 @@ class Gradual(SparsitySchedule):
     def cubic(self, t: int) -> float:
         span = self.end - self.start
         frac = min(max((t - self.start) / span, 0.0), 1.0) if span > 0 else 1.0
-        return self.final + (self.initial - self.final) * (1.0 - frac) ** 3
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - frac) ** 3
 
     def target(self, step: int) -> float:
         if step < self.start:
             return 0.0
         if step >= self.end:
-            return self.final
+            return self.final_sparsity
         return self.cubic(self._last_update(step))
 
     def is_compressed(self, step: int) -> bool:

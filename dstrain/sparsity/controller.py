@@ -71,9 +71,9 @@ class SparsityController:
 
     def _prepare(self, step: int, recompute: bool) -> None:
         if recompute and self.sparsity.updates_mask(step):
-            target = self.sparsity.target(step)
-            flips = self.criterion.update(target, step)
-            self.history.append({"step": step, "sparsity": target, "mask_change_rate": flips})
+            sparsity = self.sparsity.target(step)
+            flips = self.criterion.update(sparsity, step)
+            self.history.append({"step": step, "sparsity": sparsity, "mask_change_rate": flips})
             if self.on_masks_updated is not None:
                 self.on_masks_updated()
         compressed = self.sparsity.is_compressed(step)
