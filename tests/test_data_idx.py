@@ -77,6 +77,99 @@ def test_broken_files_fail_with_one_line(tmp_path):
         load_fashion_mnist(str(folder))
 
 
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("split,labels,words", [
+    # label 11 of 10 classes in the test split: the loss's IndexError would come after a whole epoch
+    ("t10k", np.array([1, 2, 11, 3, 4, 5, 6, 12], np.uint8), "label 11 at index 2 is outside the valid range 0..9 "
+                                                           "(10 classes; 2 bad labels in all)"),
+    ("train", np.array([1] * 5 + [-1] + [0] * 10, np.int8), "label -1 at index 5 is outside the valid range 0..9 "
+                                                            "(10 classes)"),
+    ("train", np.zeros(16, np.float32), "holds float32 labels; class labels are integers 0..9"),
+])
+def test_bad_labels_are_named_with_their_index_at_load(tmp_path, split, labels, words):
+    folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8, gz=False)
+    path = write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    task = build_task({"name": "fashion_mnist", "data_dir": str(folder)})
+    with pytest.raises(ConfigError) as err:
+        task.build_datasets()  # the trainer's first data step
+    assert _one_line(err).startswith(f"{path}: {words} — ")
+
+
+@pytest.mark.parametrize("split,dtype,value,words", [
+    ("train", np.float32, np.nan, "image 3 has a non-finite pixel nan at row 4, column 5"),
+    ("t10k", np.float32, -np.inf, "image 3 has a non-finite pixel -inf at row 4, column 5"),
+    ("t10k", np.float64, 1e300, "image 3 has a non-finite pixel 1e+300 (infinite in float32) at row 4, column 5"),
+])
+def test_non_finite_pixels_are_named_at_load(tmp_path, split, dtype, value, words):
+    folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8, gz=False)
+    n = 16 if split == "train" else 8
+    images = np.random.default_rng(0).random((n, 28, 28)).astype(dtype)
+    images[3, 4, 5] = value
+    images[5, 0, 0] = value  # the first bad pixel is the one named
+    path = write_idx(folder / f"{split}-images-idx3-ubyte", images)
+    with pytest.raises(ConfigError) as err:
+        load_fashion_mnist(str(folder))
+    assert _one_line(err).startswith(f"{path}: {words} (2 non-finite pixels in all) — ")
+
+
+def test_float_images_whose_sum_overflows_are_refused(tmp_path):
+    folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8, gz=False)
+    path = write_idx(folder / "train-images-idx3-ubyte", np.full((16, 28, 28), 3e38, np.float32))
+    with pytest.raises(ConfigError, match=rf"^{path}: has values too large to standardise \(mean inf"):
+        load_fashion_mnist(str(folder))
+
+
+def test_finite_float_images_still_load(tmp_path):
+    folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8, gz=False)
+    for split, n in (("train", 16), ("t10k", 8)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", np.random.default_rng(n).random((n, 28, 28)))
+    train, test = load_fashion_mnist(str(folder))
+    assert torch.isfinite(train.tensors[0]).all() and torch.isfinite(test.tensors[0]).all()
+
+
+@pytest.mark.parametrize("case,words", [
+    ("empty", "is empty (0 bytes) — "),
+    ("empty_gz", "is empty (0 bytes after decompression) — "),
+    ("bad_deflate", "cannot be read (Error -3 while decompressing data"),
+    ("no_images", "holds no pixels (shape (0, 28, 28))"),
+    ("zero_size", "holds no pixels (shape (8, 0, 0))"),
+    ("other_size", "holds 32x32 images, the training images"),
+    ("count", "holds (8, 28, 28) images for (7,) labels"),
+])
+def test_empty_cut_and_mismatched_files_fail_with_one_line(tmp_path, case, words):
+    gz = case in ("empty_gz", "bad_deflate")
+    folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8, gz=gz)
+    suffix = ".gz" if gz else ""
+    images, labels = folder / f"t10k-images-idx3-ubyte{suffix}", folder / f"t10k-labels-idx1-ubyte{suffix}"
+    named = images
+    if case == "empty":
+        images.write_bytes(b"")
+    elif case == "empty_gz":
+        images.write_bytes(gzip.compress(b""))
+    elif case == "bad_deflate":  # a valid 10-byte gzip header, then a deflate block of the reserved type 3
+        raw = bytearray(gzip.compress(gzip.decompress(images.read_bytes())))
+        raw[10] = 0xFF
+        images.write_bytes(bytes(raw))
+    elif case == "no_images":
+        write_idx(images, np.zeros((0, 28, 28), np.uint8))
+        write_idx(labels, np.zeros(0, np.uint8))
+    elif case == "zero_size":
+        write_idx(images, np.zeros((8, 0, 0), np.uint8))
+    elif case == "other_size":
+        write_idx(images, np.zeros((8, 32, 32), np.uint8))
+    elif case == "count":
+        write_idx(labels, np.zeros(7, np.uint8))
+    with pytest.raises(ConfigError) as err:
+        load_fashion_mnist(str(folder))
+    msg = _one_line(err)
+    assert msg.startswith(f"{named}: ") and words in msg, msg
+
+
 def test_fashion_task_builds_a_one_channel_model(tmp_path):
     folder = write_fashion_stand_in(tmp_path / "fm", n_train=16, n_test=8)
     task = build_task({"name": "fashion_mnist", "data_dir": str(folder), "arch": "small_resnet",
