@@ -1,5 +1,6 @@
 """Broken data files are named (path and reason) before training, or skipped and counted."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,57 @@ def test_skip_mode_trains_and_counts_unreadable_images_per_epoch(tmp_path, capfd
     err = capfd.readouterr().err
     for path in broken:
         assert f"skipped unreadable image {path}: " in err
+
+
+# Decompression bombs without gigabytes: PIL's limit is lowered (the scan decodes in threads of
+# this process and bad_images: skip reads in the main process with num_workers 0, so both see it).
+# The tiny folder's images are at most 24x24 = 576 pixels, under the limit.
+BOMB_LIMIT = 1000
+BOMBS = {"warning": (40, "DecompressionBombWarning: Image size \\(1600 pixels\\) exceeds limit of 1000 pixels"),
+         "error": (50, "DecompressionBombError: Image size \\(2500 pixels\\) exceeds limit of 2000 pixels")}
+
+
+def _bomb(path: Path, side: int) -> Path:
+    """A normal PNG whose size is over the lowered limit (over twice the limit: PIL raises, not only warns)."""
+    from PIL import Image
+
+    Image.new("RGB", (side, side), (200, 30, 30)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("split,mode", [("train", "prescan"), ("val", "prescan"), ("val", "skip")])
+@pytest.mark.parametrize("kind", list(BOMBS))
+def test_decompression_bomb_is_an_unreadable_image_before_training(tmp_path, monkeypatch, kind, split, mode):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    root = _folder(tmp_path)
+    side, reason = BOMBS[kind]
+    bomb = _bomb(root / split / "class1" / "bomb.png", side)
+    task = build_task(_task(root, bad_images=mode))
+    with pytest.raises(ConfigError, match=rf"^task\.data_dir: unreadable {split} image {bomb}: {reason}") as err:
+        task.build_datasets()
+    assert "\n" not in str(err.value)
+
+
+def test_skip_mode_skips_and_counts_decompression_bombs(tmp_path, monkeypatch, capfd):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    root = _folder(tmp_path)
+    for name in ("img000.jpg", "img001.png"):  # 24 training images, as in the test above
+        (root / "train" / "class0" / name).unlink()
+    bombs = {kind: _bomb(root / "train" / "class0" / f"bomb_{kind}.png", side) for kind, (side, _) in BOMBS.items()}
+    recipe = parse_recipe({"name": "faulty", "task": _task(root, bad_images="skip"),
+                           "training": {"epochs": 1, "batch_size": 8}, "optimizer": {"name": "sgd", "lr": 0.05},
+                           "lr_schedule": {"shape": "constant"}})
+    _, result = run(recipe, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in rows] == [2]
+    assert result["steps"] == 3
+    err = capfd.readouterr().err
+    for kind, path in bombs.items():
+        assert re.search(rf"skipped unreadable image {path}: {BOMBS[kind][1]}", err), err
 
 
 def test_binary_glue_tsv_is_named(tmp_path):

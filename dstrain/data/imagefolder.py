@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from PIL import Image
 from torch.utils.data import default_collate
 
 from dstrain import distributed as dstdist
@@ -123,22 +125,45 @@ def build_imagefolder_datasets(data_dir: Union[str, Path, None], image_size: int
 
 
 #: What a broken image raises in PIL: truncated data (OSError), unknown format
-#: (UnidentifiedImageError, an OSError), bad PNG chunks (SyntaxError), short reads (EOFError).
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+#: (UnidentifiedImageError, an OSError), bad PNG chunks (SyntaxError), short reads (EOFError),
+#: a declared size over twice ``Image.MAX_IMAGE_PIXELS`` (DecompressionBombError, not an OSError)
+#: and -- where it is turned into an error -- a size over the limit itself (DecompressionBombWarning).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning)
 BAD_IMAGE_FIX = ("remove or replace it; or set task.bad_images: skip (skip and count unreadable training "
                  "images; --set task.bad_images=skip)")
 
 
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _bomb_warning(image: Image.Image) -> Optional[Image.DecompressionBombWarning]:
+    """PIL's DecompressionBombWarning for ``image`` (same text), or None if its size is within the limit.
+
+    Why not a warnings filter: filters are process-wide, and the scan decodes in threads.
+    An image PIL only warns about is refused like one it raises on: either way its
+    declared size is over the limit, and decoding it can take gigabytes.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = max(1, image.width) * max(1, image.height)
+    if limit is None or pixels <= limit:
+        return None
+    return Image.DecompressionBombWarning(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, "
+                                          "could be decompression bomb DOS attack.")
+
+
 def _read_error(path: str) -> Optional[str]:
     """Why ``path`` cannot be decoded into an RGB image, or None if it can (full decode, as training does)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
+            bomb = _bomb_warning(image)
+            if bomb is not None:
+                return _reason(bomb)
             image.convert("RGB")
         return None
     except IMAGE_ERRORS as err:
-        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        return _reason(err)
 
 
 def scan_images(paths: Sequence[str], rank: int = 0, world: int = 1,
@@ -152,7 +177,9 @@ def scan_images(paths: Sequence[str], rank: int = 0, world: int = 1,
     share = list(paths)[rank::world]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads or max(1, min(16, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
+        # _read_error reports these images itself; PIL's own warning would only repeat it on stderr
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         reasons = list(pool.map(_read_error, share, chunksize=64))
     return [(p, reason) for p, reason in zip(share, reasons) if reason is not None]
 
@@ -188,10 +215,14 @@ class SkippingImageFolder:
 
     def __getitem__(self, index: int) -> Any:
         try:
-            return self.dataset[index]
+            # a size PIL only warns about is skipped like one it refuses (see _bomb_warning); the filter
+            # is process-wide, which is safe here: a loader worker (or the main process) reads one item at a time
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return self.dataset[index]
         except IMAGE_ERRORS as err:
-            print(f"[dstrain] skipped unreadable image {self.dataset.samples[index][0]}: "
-                  f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            print(f"[dstrain] skipped unreadable image {self.dataset.samples[index][0]}: {_reason(err)}",
+                  file=sys.stderr, flush=True)
             return None
 
 
