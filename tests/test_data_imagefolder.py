@@ -67,6 +67,8 @@ def _fresh(tmp_path, tiny):
     ("no_classes", "has no class subfolders"),
     ("empty_class", "class folder(s) without images: 'class1'"),
     ("val_differs", "val/ lacks 'class2'; val/ has 'zebra' not in train/"),
+    ("val_fewer", "(val/ lacks 'class1') — use the same class folder names in train/ and val/"),
+    ("one_class", "train has a single class folder ('class0'); a classifier needs at least 2 classes — "),
 ])
 def test_bad_data_dir_names_the_field_and_the_fix(tmp_path, tiny, case, words):
     root = _fresh(tmp_path, tiny)
@@ -90,6 +92,12 @@ def test_bad_data_dir_names_the_field_and_the_fix(tmp_path, tiny, case, words):
         (root / "train" / "class1" / "notes.txt").write_text("not an image")
     elif case == "val_differs":
         (root / "val" / "class2").rename(root / "val" / "zebra")
+    elif case == "val_fewer":
+        shutil.rmtree(root / "val" / "class1")
+    elif case == "one_class":
+        for split in ("train", "val"):
+            for name in ("class1", "class2"):
+                shutil.rmtree(root / split / name)
     task = build_task({"name": "imagefolder", "data_dir": data_dir, "image_size": SIZE})
     with pytest.raises(ConfigError) as info:
         task.build_datasets()  # the path the trainer takes

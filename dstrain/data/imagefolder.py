@@ -99,6 +99,10 @@ def check_imagefolder(data_dir: Union[str, Path, None]) -> Tuple[Path, List[str]
         raise ConfigError(FIELD, f"the classes of {root}/val differ from those of {root}/train "
                                  f"({'; '.join(parts)})",
                           "use the same class folder names in train/ and val/ (labels are assigned by sorted name)")
+    if len(classes["train"]) < 2:  # every label would be 0: training "succeeds" by always answering it
+        raise ConfigError(FIELD, f"{root}/train has a single class folder ({classes['train'][0]!r}); "
+                                 "a classifier needs at least 2 classes",
+                          "put each class's images in its own folder, in both train/ and val/")
     return root, classes["train"]
 
 
