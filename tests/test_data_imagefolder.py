@@ -106,6 +106,19 @@ def test_bad_data_dir_names_the_field_and_the_fix(tmp_path, tiny, case, words):
     assert info.value.fix
 
 
+def test_hidden_folders_are_not_classes(tmp_path, tiny):
+    """torchvision alone would make train/.hidden class 0 and shift every train label against val's."""
+    root = _fresh(tmp_path, tiny)
+    shutil.copytree(root / "train" / "class2", root / "train" / ".hidden")  # with images
+    (root / "val" / ".ipynb_checkpoints").mkdir()  # without: torchvision alone refuses the folder
+    (root / "val" / ".ipynb_checkpoints" / "notes.ipynb").write_text("{}")
+    train, val = build_imagefolder_datasets(root, image_size=SIZE)
+    assert train.classes == val.classes == ["class0", "class1", "class2"]
+    assert len(train) == 96 and len(val) == 24
+    for dataset in (train, val):
+        assert all(f"/class{label}/" in path for path, label in dataset.samples)
+
+
 def test_trains_and_evaluates_in_one_process(tmp_path, tiny):
     trainer, result = run(parse_recipe(_recipe(tiny)), tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

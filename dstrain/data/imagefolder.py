@@ -48,7 +48,14 @@ def val_transform(image_size: int = 224) -> Callable:
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def _class_dirs(split_dir: Path) -> List[str]:
+def class_dirs(split_dir: Path) -> List[str]:
+    """The class folder names of one split, sorted (label i is the i-th name).
+
+    Hidden folders (``.ipynb_checkpoints``, ``.cache``) are not classes.  torchvision's own
+    ImageFolder counts them, which shifts every label of the split they are in; the
+    datasets are therefore built with :class:`dstrain.data.visible_folder.VisibleImageFolder`,
+    which uses this same rule.
+    """
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
@@ -79,7 +86,7 @@ def check_imagefolder(data_dir: Union[str, Path, None]) -> Tuple[Path, List[str]
                     if split == "val" else "")
             raise ConfigError(FIELD, f"{root} has no {split}/ subfolder",
                               f"lay the data out as {LAYOUT}{hint}")
-        names = _class_dirs(split_dir)
+        names = class_dirs(split_dir)
         if not names:
             raise ConfigError(FIELD, f"{split_dir} has no class subfolders (found no images to label)",
                               f"put each class's images in its own folder: {LAYOUT}")
@@ -113,7 +120,7 @@ def build_imagefolder_datasets(data_dir: Union[str, Path, None], image_size: int
     ``train_tf``/``val_tf`` replace the standard transforms.  Both datasets use the same
     class-to-index map (classes sorted by folder name).
     """
-    from torchvision.datasets import ImageFolder
+    from dstrain.data.visible_folder import VisibleImageFolder
 
     if int(image_size) <= 0:
         raise ConfigError("task.image_size", f"{image_size} must be positive", "e.g. 224 for ImageNet")
@@ -121,8 +128,8 @@ def build_imagefolder_datasets(data_dir: Union[str, Path, None], image_size: int
     train_tf = train_tf or train_transform(image_size)
     val_tf = val_tf or val_transform(image_size)
     try:
-        train = ImageFolder(str(root / "train"), transform=train_tf)
-        val = ImageFolder(str(root / "val"), transform=val_tf)
+        train = VisibleImageFolder(str(root / "train"), transform=train_tf)
+        val = VisibleImageFolder(str(root / "val"), transform=val_tf)
     except FileNotFoundError as err:  # e.g. a race with files being removed
         raise ConfigError(FIELD, f"torchvision could not read {root}: {err}", f"lay the data out as {LAYOUT}") from None
     return train, val
@@ -242,6 +249,6 @@ def collate_skipping(items: List[Any]) -> Tuple[Any, Any, int]:
     return images, labels, torch.tensor(skipped)
 
 
-__all__ = ["build_imagefolder_datasets", "check_imagefolder", "train_transform",
+__all__ = ["build_imagefolder_datasets", "check_imagefolder", "class_dirs", "train_transform",
            "prescan", "scan_images", "SkippingImageFolder", "collate_skipping",
            "val_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
