@@ -85,10 +85,10 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 @pytest.mark.parametrize("split,labels,words", [
     # label 11 of 10 classes in the test split: the loss's IndexError would come after a whole epoch
-    ("t10k", np.array([1, 2, 11, 3, 4, 5, 6, 12], np.uint8), "label 11 at index 2 is outside the valid range 0..9 "
-                                                           "(10 classes; 2 bad labels in all)"),
-    ("train", np.array([1] * 5 + [-1] + [0] * 10, np.int8), "label -1 at index 5 is outside the valid range 0..9 "
-                                                            "(10 classes)"),
+    ("t10k", np.array([1, 2, 11, 3, 4, 5, 6, 12], np.uint8),
+     "label 11 at index 2 is outside the valid range 0..9 (10 classes; 2 bad labels in all)"),
+    ("train", np.array([1] * 5 + [-1] + [0] * 10, np.int8),
+     "label -1 at index 5 is outside the valid range 0..9 (10 classes)"),
     ("train", np.zeros(16, np.float32), "holds float32 labels; class labels are integers 0..9"),
 ])
 def test_bad_labels_are_named_with_their_index_at_load(tmp_path, split, labels, words):
