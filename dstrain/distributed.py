@@ -5,7 +5,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, List
 
 import torch
 import torch.distributed as dist
@@ -110,6 +110,26 @@ def shutdown() -> None:
     if world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def on_main_or_raise(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only; every rank gets its result, or raises the ConfigError it raised.
+
+    Why: a check that only rank 0 can make (a lock, a folder scan) must stop every rank, or
+    the others wait for rank 0 in the next collective until the timeout.
+    """
+    from dstrain.errors import ConfigError
+
+    outcome: Any = None
+    if is_main():
+        try:
+            outcome = ("ok", fn())
+        except ConfigError as err:
+            outcome = ("error", err.field, err.problem, err.fix)  # plain tuple: pickles across ranks
+    outcome = all_gather_objects(outcome)[0]
+    if outcome[0] == "error":
+        raise ConfigError(*outcome[1:])
+    return outcome[1]
 
 
 def all_gather_objects(obj: Any) -> List[Any]:

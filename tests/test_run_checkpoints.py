@@ -188,3 +188,52 @@ def test_masks_rewritten_with_a_regenerated_manifest_are_still_refused(stopped_r
     with pytest.raises(ConfigError, match=r"^--resume: .*step000000016: loaded masks have sparsity 0\.000000, "
                                           r"the checkpoint recorded 0\.\d+"):
         run(tiny_recipe(), out, resume=str(newest))
+
+
+def test_a_renamed_copy_of_an_older_checkpoint_is_damage_not_the_newest(stopped_run, tmp_path):
+    """Checkpoints are the step their manifest records: a copy of step 15 named step 99 is skipped, never rotated in."""
+    out = _copy(stopped_run, tmp_path)
+    shutil.copytree(out / "checkpoints" / ckpt.tag_for(15), out / "checkpoints" / ckpt.tag_for(99))
+    assert [s for s, _ in ckpt.complete_checkpoints(out / "checkpoints")] == [15, 16]
+    logged = []
+    assert ckpt.resolve_resume("auto", out / "checkpoints", logged.append).name == ckpt.tag_for(16)
+    assert "renamed or copied" in logged[0] and ckpt.tag_for(99) in logged[0]
+    trainer, _ = run(tiny_recipe(), out, resume="auto", max_steps=20, save_every=2, keep_last=1)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step"))
+    assert names == [ckpt.tag_for(20), ckpt.tag_for(99)]  # rotation kept the newest genuine one, left the copy alone
+
+
+def test_a_file_where_a_checkpoint_folder_goes_is_one_line(stopped_run, tmp_path):
+    out = _copy(stopped_run, tmp_path)
+    (out / "checkpoints" / ckpt.tag_for(20)).write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"step000000020 is a file where a checkpoint folder goes"):
+        run(tiny_recipe(), out, resume="auto", max_steps=20, save_every=2)
+
+
+def test_resuming_under_another_precision_is_refused(stopped_run, tmp_path):
+    out = _copy(stopped_run, tmp_path)
+    with pytest.raises(ConfigError, match=r"^ds_config: checkpoint step000000016 was written with fp32 training, "
+                                          r"this run uses bf16"):
+        run(tiny_recipe(), out, resume="auto", max_steps=20, ds_config={"bf16": {"enabled": True}})
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(stopped_run, tmp_path, monkeypatch):
+    """A full disk makes torch.save raise "iostream error" deep in DeepSpeed: the user gets the path and the cause."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    out = _copy(stopped_run, tmp_path)
+
+    def full_disk(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 192 vs 128: file write failed")
+
+    monkeypatch.setattr(DeepSpeedEngine, "save_checkpoint", full_disk)
+    with pytest.raises(ConfigError, match=r"cannot write checkpoint step 18 to .*\.staging/step000000018 \(.*file "
+                                          r"write failed; .*\); the newest complete checkpoint, step000000016, is intact"):
+        run(tiny_recipe(), out, resume="auto", max_steps=20, save_every=2)
+    assert [s for s, _ in ckpt.complete_checkpoints(out / "checkpoints")] == [15, 16]
+    assert not (out / "checkpoints" / ".staging" / ckpt.tag_for(18)).exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--overwrite: given with --resume auto"):
+        run(tiny_recipe(), tmp_path, resume="auto", overwrite=True)

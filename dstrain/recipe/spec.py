@@ -266,6 +266,22 @@ class LRScheduleSpec(_Strict):
         return self
 
 
+class GuardSpec(_Strict):
+    """``training.guard``: when a diverged run is stopped (:mod:`dstrain.run.guard`).
+
+    Defaults are this project's choice: a check (one device synchronisation) every 10
+    optimizer steps keeps its cost out of the step time and stops a diverged run within 10
+    steps; more than a quarter of the steps skipped for overflowing gradients, over at least
+    20 steps, is not a run that is training.
+    """
+
+    check_every: int = Field(default=10, ge=0, le=10**6, description="optimizer steps between checks of the loss "
+                             "and the weights; 0: only before evaluations and checkpoints")
+    max_skipped_fraction: float = Field(default=0.25, ge=0, le=1, description="stop when DeepSpeed skipped more than "
+                                        "this fraction of the optimizer steps (gradient overflow)")
+    min_steps: int = Field(default=20, ge=1, le=10**6, description="attempted steps before the skipped fraction counts")
+
+
 class TrainingSpec(_Strict):
     epochs: float = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -275,6 +291,7 @@ class TrainingSpec(_Strict):
         "clip the global gradient norm to this value; none: no clipping.  The recipe owns it so "
         "that every ds_config trains the same way (DeepSpeed clips at 1.0 when its config omits "
         "gradient_clipping)"))
+    guard: GuardSpec = Field(default_factory=GuardSpec)
 
 
 class DistillationSpec(_Strict):

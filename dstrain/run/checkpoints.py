@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dstrain import distributed as dstdist
 from dstrain.errors import ConfigError
-from dstrain.run.manifest import MANIFEST, CheckpointDamaged, verify_checkpoint, write_manifest
+from dstrain.run.manifest import MANIFEST, CheckpointDamaged, read_manifest, verify_checkpoint, write_manifest
 
 MARKER = MANIFEST  # the manifest is the completion marker
 STAGING = ".staging"
@@ -42,17 +42,46 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_step_name(folder: Path, manifest: Dict[str, Any]) -> None:
+    """A checkpoint is the step its manifest records: a folder named after another step is damage.
+
+    Why: a copy of an older checkpoint renamed to a higher step would otherwise be resumed
+    from first, and rotation would keep it while deleting the genuine newer ones.
+    """
+    m = TAG_RE.match(Path(folder).name)
+    if m is None or int(m.group(1)) != manifest.get("step") or manifest.get("tag") != Path(folder).name:
+        raise CheckpointDamaged(Path(folder) / MARKER, f"records step {manifest.get('step')} (tag "
+                                f"{manifest.get('tag')!r}), but the folder is named {Path(folder).name!r}: "
+                                "a renamed or copied checkpoint")
+
+
 def complete_checkpoints(save_dir: Path) -> List[Tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
+    """(step, folder) of every complete checkpoint whose manifest records the step its name says, oldest first.
+
+    Only the manifest is read (not the files hashed): this is what rotation may delete and
+    what a run may name; resuming verifies every file again.
+    """
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return []
     found = []
     for child in save_dir.iterdir():
         m = TAG_RE.match(child.name)
-        if m and (child / MARKER).is_file():
+        if m and child.is_dir() and (child / MARKER).is_file():
+            try:
+                check_step_name(child, read_manifest(child))
+            except CheckpointDamaged:
+                continue  # never deleted by rotation, never resumed from: --resume auto names it
             found.append((int(m.group(1)), child))
     return sorted(found)
+
+
+def misplaced_files(save_dir: Path) -> List[Path]:
+    """Step-named entries of ``save_dir`` that are not folders (a checkpoint can never be written there)."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    return sorted(c for c in save_dir.iterdir() if TAG_RE.match(c.name) and not c.is_dir())
 
 
 def step_folders(save_dir: Path) -> List[Tuple[int, Path]]:
@@ -74,23 +103,63 @@ def save(engine, save_dir: Path, step: int, client_state: Dict[str, Any], keep_l
     save_dir = Path(save_dir)
     staging = save_dir / STAGING
     tag = tag_for(step)
-    if dstdist.is_main():
+    final = save_dir / tag
+
+    def prepare() -> None:
+        if final.exists() and not final.is_dir():
+            raise ConfigError("--output_dir", f"{final} is a file where checkpoint {tag} goes",
+                              "move it out of the checkpoints folder")
         shutil.rmtree(staging / tag, ignore_errors=True)
         staging.mkdir(parents=True, exist_ok=True)
-    dstdist.barrier()
-    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
-    dstdist.barrier()
-    final = save_dir / tag
-    if dstdist.is_main():
+
+    dstdist.on_main_or_raise(lambda: _io(prepare, staging, step, save_dir))
+    failure = None
+    try:
+        engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("... iostream error")
+        failure = _write_failure(err, staging / tag, step, save_dir)
+    failures = [f for f in dstdist.all_gather_objects(failure) if f is not None]
+    if failures:
+        if dstdist.is_main():
+            shutil.rmtree(staging / tag, ignore_errors=True)
+        raise ConfigError(*failures[0])
+
+    def publish() -> None:
         write_manifest(staging / tag, {"step": step, "tag": tag, **(layout or {}), **(info or {})})
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging / tag, final)
         _atomic_write_text(save_dir / "latest", tag)
         for _, old in complete_checkpoints(save_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    dstdist.barrier()
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    dstdist.on_main_or_raise(lambda: _io(publish, staging / tag, step, save_dir))
     return final
+
+
+def _write_failure(err: BaseException, path: Path, step: int, save_dir: Path) -> Tuple[str, str, str]:
+    """(field, problem, fix) of a failed checkpoint write: what failed, the likely cause, what was kept."""
+    try:
+        free = shutil.disk_usage(save_dir).free
+        space = f"{free / 2**20:.0f} MiB free on that disk"
+        if free < 64 * 2**20:
+            space = f"the disk is full ({space})"
+    except OSError:
+        space = "free space unknown"
+    cause = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+    kept = complete_checkpoints(save_dir)
+    kept_text = f"the newest complete checkpoint, {kept[-1][1].name}, is intact" if kept else "no checkpoint was kept"
+    return ("--output_dir", f"cannot write checkpoint step {step} to {path} ({cause}; {space}); {kept_text}",
+            "free space or fix the folder's permissions, then continue with --resume auto")
+
+
+def _io(fn: Callable[[], None], path: Path, step: int, save_dir: Path) -> None:
+    """Run rank 0's file work for a checkpoint; an OSError becomes one line naming the path and the cause."""
+    try:
+        fn()
+    except OSError as err:
+        raise ConfigError(*_write_failure(err, path, step, save_dir)) from None
 
 
 def _select(resume: str, save_dir: Path, log: Callable[[str], None]) -> Optional[Path]:
@@ -98,7 +167,7 @@ def _select(resume: str, save_dir: Path, log: Callable[[str], None]) -> Optional
         found = step_folders(save_dir)
         for _, folder in reversed(found):
             try:
-                verify_checkpoint(folder)
+                check_step_name(folder, verify_checkpoint(folder))
                 return folder
             except CheckpointDamaged as err:
                 log(f"skipping checkpoint {folder.name}: {err.file}: {err.reason}")
@@ -110,7 +179,7 @@ def _select(resume: str, save_dir: Path, log: Callable[[str], None]) -> Optional
     if not path.is_dir():
         raise ConfigError("--resume", f"{path} is not a folder",
                           "pass a step folder under the output's checkpoints/, or --resume auto")
-    verify_checkpoint(path)
+    check_step_name(path, verify_checkpoint(path))
     return path
 
 
@@ -135,8 +204,13 @@ def resolve_resume(resume: Optional[str], save_dir: Path, log: Callable[[str], N
 
 
 def check_layout(checkpoint: Path, current: Dict[str, Any]) -> None:
-    """ZeRO-1/2 shards optimizer state by data-parallel rank: a different world size cannot load it."""
+    """What the optimizer state was written for: ZeRO-1/2 shard it by rank (a different world size
+    cannot load it), and mixed precision keeps fp32 masters and a loss scaler that an fp32 run has not."""
     saved = json.loads((checkpoint / MARKER).read_text())  # verified by resolve_resume
+    if "precision" in saved and "precision" in current and saved["precision"] != current["precision"]:
+        raise ConfigError("ds_config", f"checkpoint {checkpoint.name} was written with {saved['precision']} "
+                          f"training, this run uses {current['precision']}",
+                          f"resume with the ds_config it was written with ({saved['precision']})")
     stage = saved.get("zero_stage", 0)
     if stage != current["zero_stage"]:
         raise ConfigError("ds_config.zero_optimization.stage",
@@ -178,7 +252,15 @@ class CheckpointStore:
         return save(engine, self.folder, step, client_state, self.keep_last, layout, info)
 
     def resolve(self, resume: Optional[str]) -> Optional[Path]:
+        """The checkpoint to resume from (None for a fresh run), after checking the folder can take new ones."""
+        dstdist.on_main_or_raise(self._check_folder)
         return resolve_resume(resume, self.folder, self.log)
+
+    def _check_folder(self) -> None:
+        misplaced = misplaced_files(self.folder)
+        if misplaced:
+            raise ConfigError("--output_dir", f"{misplaced[0]} is a file where a checkpoint folder goes "
+                              "(a checkpoint of that step could never be written)", "move it out of the checkpoints folder")
 
     def complete(self) -> List[Tuple[int, Path]]:
         return complete_checkpoints(self.folder)

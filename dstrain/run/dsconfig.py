@@ -146,6 +146,14 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Any, world: int, device
     return cfg
 
 
+def precision(cfg: Dict[str, Any]) -> str:
+    """"bf16", "fp16" or "fp32": the master weights and optimizer state a checkpoint holds depend on it."""
+    for name in ("bf16", "fp16"):
+        if cfg.get(name, {}).get("enabled", False) is True:
+            return name
+    return "fp32"
+
+
 def zero_stage(cfg: Dict[str, Any]) -> int:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 

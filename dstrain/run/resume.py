@@ -24,6 +24,7 @@ SAFE_TO_CHANGE = (
     "task.pin_memory",
     "task.data_dir",          # the same data moved to another path
     "task.compile",           # torch.compile: same model, another executor
+    "training.guard",         # when a diverged run is stopped, not what a healthy one computes
 )
 BITWISE_BACKENDS = ("sgd",)
 """Optimizers whose step is bit-identical on every backend (torch, cpu, triton), so ``optimizer.backend`` may

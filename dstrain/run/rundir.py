@@ -11,6 +11,7 @@ the checkpoints in them; a list kept in each of those places drifts.
         tb/                TensorBoard event files
         final_model/       the task's own export format, when it has one
         checkpoints/       step folders with manifests (:mod:`dstrain.run.checkpoints`)
+        .dstrain-run.lock  held while a run writes here: one run per folder (:mod:`dstrain.run.lock`)
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the run writing this folder (:mod:`dstrain.run.lock`)."""
+        return self.root / ".dstrain-run.lock"
 
     def run_files(self) -> Tuple[Path, ...]:
         """What a run writes besides its checkpoints (``--overwrite`` removes these with them)."""

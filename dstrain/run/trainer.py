@@ -25,8 +25,10 @@ from dstrain.recipe import Recipe, check_schedule_positions
 from dstrain.run import resume as dstresume
 from dstrain.run.checkpoints import CheckpointStore
 from dstrain.run.clock import TrainingClock
-from dstrain.run.dsconfig import resolve_ds_config, zero_stage
+from dstrain.run.dsconfig import precision, resolve_ds_config, zero_stage
+from dstrain.run.guard import DivergenceGuard
 from dstrain.run.loaders import build_loaders, epoch_batches, gradient_batches
+from dstrain.run.lock import RunLock
 from dstrain.run.logbook import Logbook
 from dstrain.run.manifest import read_manifest
 from dstrain.run.options import TrainerCallback, TrainerOptions
@@ -96,6 +98,7 @@ class SparseTrainer:
         client_optimizer.set_mask_source(self.partition_masks.mask_for)
         self.controller.on_masks_updated = self.partition_masks.refresh
         self.teacher = self._build_teacher()
+        self.guard = DivergenceGuard(recipe.training.guard, self.device, recipe.optimizer.lr, self._newest_checkpoint)
         if self.criterion.needs_data:
             settings = self.criterion.settings
             batch = getattr(settings, "grad_batch_size", None) or recipe.training.batch_size
@@ -154,11 +157,23 @@ class SparseTrainer:
                 "epoch_skipped": dstdist.all_gather_objects(self._skipped) if batch_in_epoch else None}
 
     @property
-    def _layout(self) -> Dict[str, int]:
-        """What a checkpoint's optimizer shards depend on (checked before resuming)."""
-        return {"world_size": self.world, "zero_stage": self.zero_stage}
+    def _layout(self) -> Dict[str, Any]:
+        """What a checkpoint's optimizer state depends on (checked before resuming)."""
+        return {"world_size": self.world, "zero_stage": self.zero_stage, "precision": precision(self.ds_config)}
+
+    def _newest_checkpoint(self) -> Optional[str]:
+        found = self.checkpoints.complete() if hasattr(self, "checkpoints") else []
+        return str(found[-1][1]) if found else None
+
+    def _check_finite(self) -> None:
+        """The divergence guard's check over the model's weights and buffers (BatchNorm statistics overflow
+        before the weights do) and DeepSpeed's fp32 masters (all ranks)."""
+        module = self.engine.module
+        masters = [master for master, _ in self.partition_masks.masters_and_masks()]
+        self.guard.check(self.controller.step_count, [*module.parameters(), *module.buffers(), *masters])
 
     def _save(self, epoch: int, batch_in_epoch: int) -> None:
+        self._check_finite()  # a checkpoint never holds a non-finite weight
         with self.clock.paused():  # kept out of the throughput figure
             dstdist.average_buffers(self.engine.module)
             info = {"recipe": self.recipe.model_dump(mode="json"), "mask_sparsity": self.registry.mask_sparsity()}
@@ -194,9 +209,20 @@ class SparseTrainer:
     def train(self) -> Dict[str, Any]:
         start_time = time.time()
         opts = self.options
-        check_run_options(opts.save_every, opts.max_steps, opts.num_workers, opts.keep_last)
+        check_run_options(opts.save_every, opts.max_steps, opts.num_workers, opts.keep_last, opts.resume,
+                          opts.overwrite)
         self.run_dir.check_writable()
         dstdist.init_distributed()
+        self.lock = RunLock(self.run_dir.lock)
+        dstdist.on_main_or_raise(self.lock.acquire)  # one run per folder, checked before anything is deleted
+        try:
+            return self._train(start_time)
+        finally:
+            if dstdist.is_main():
+                self.lock.release()
+
+    def _train(self, start_time: float) -> Dict[str, Any]:
+        opts = self.options
         self.run_dir.guard_fresh_run(opts.resume, opts.overwrite, dstdist.is_main())
         self._build()
         self.checkpoints = CheckpointStore(self.run_dir.checkpoints, opts.keep_last, self.log)
@@ -208,6 +234,15 @@ class SparseTrainer:
         total = self.controller.total_steps
         epochs = -(-total // self.steps_per_epoch)
         self.logbook.open(self.controller.step_count, total, self.recipe.name, opts.progress, opts.tensorboard)
+        try:
+            stop = self._epochs(start_epoch, epochs, skip_batches)
+        finally:
+            self.logbook.close()
+        return self._finish(stop, time.time() - start_time)
+
+    def _epochs(self, start_epoch: int, epochs: int, skip_batches: int) -> bool:
+        """Every epoch from ``start_epoch``; True if ``max_steps`` stopped the run early."""
+        opts = self.options
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
@@ -223,8 +258,7 @@ class SparseTrainer:
                 break
             if opts.save_every or epoch + 1 == epochs:
                 self._save(epoch + 1, 0)
-        self.logbook.close()
-        return self._finish(stop, time.time() - start_time)
+        return stop
 
     def _train_epoch(self, epoch: int, skip_batches: int) -> Tuple[bool, int]:
         """Micro-batches of one epoch from ``skip_batches`` on (after a resume).
@@ -245,13 +279,20 @@ class SparseTrainer:
                 self._skipped = (self._skipped or 0) + int(skipped)
             self.controller.begin_step()
             loss = self._loss(batch)
+            self.guard.observe_loss(loss)
             self.engine.backward(loss)
+            step_before = self.controller.step_count
             self.engine.step()
             self._loss_sum += loss.detach().float()
             self._loss_n += 1
             done = micro_idx + 1
             if done % self.gas:
                 continue
+            self.guard.step_boundary(advanced=self.controller.step_count > step_before)
+            if self.guard.due():
+                self._check_finite()
+            if self.rank == 0:
+                self.lock.heartbeat()
             self.clock.step_done()
             for callback in self.callbacks:
                 callback.on_step_end(self)
@@ -266,6 +307,7 @@ class SparseTrainer:
         return False, done
 
     def _end_of_epoch(self, epoch: int) -> None:
+        self._check_finite()
         metrics = self.evaluate()
         train_loss = float(self._loss_sum) / max(self._loss_n, 1)
         # mask updates made before the steps of this epoch: t in [epoch*spe, (epoch+1)*spe)
@@ -276,7 +318,7 @@ class SparseTrainer:
                "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),
                "compressed": self.controller.last_step_compressed, "lr": self.controller.get_last_lr()[0],
                "mask_change_rate": (sum(flips) / len(flips)) if flips else None,
-               "layer_sparsity": self.registry.layer_sparsity()}
+               "layer_sparsity": self.registry.layer_sparsity(), "skipped_steps": self.guard.end_epoch()}
         counts = [c for c in dstdist.all_gather_objects(self._skipped) if c is not None]
         if counts:  # bad_images: skip — unreadable training images skipped this epoch, all ranks
             row["skipped_images"] = sum(counts)
@@ -291,7 +333,7 @@ class SparseTrainer:
             "recipe": self.recipe.name, "steps": self.controller.step_count, "stopped_early": stopped_early,
             "metric": self.task.primary_metric, "score": final.get(f"val_{self.task.primary_metric}"),
             "sparsity": self.registry.weight_sparsity(), "revived": self.registry.revived(),
-            "wall_time_s": wall_time_s, "world_size": self.world,
+            "wall_time_s": wall_time_s, "world_size": self.world, "skipped_steps": self.guard.skipped,
             # training loop only (no evaluation, checkpoints or set-up), all ranks together
             **self.clock.rates(self.recipe.training.batch_size),
             **self.criterion.result(),
