@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from dstrain.errors import ConfigError
 from dstrain.recipe.checks import check_cross_fields
+from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.recipe.spec import SCHEDULE_KINDS, Recipe
 
 
@@ -72,11 +73,11 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     if first["type"] == "criterion_settings":  # an error inside pruning.<criterion>: report it at its own place
         inner = first["ctx"]
         first = {**inner, "loc": (*first["loc"], *inner["loc"])}
-    parts = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    parts = [clip(str(p), 80) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
     # pydantic puts the union tag (e.g. "gmp") into the path; users never write it
     parts = [p for i, p in enumerate(parts) if not (p in SCHEDULE_KINDS and i and parts[i - 1] == "schedule")]
     loc = ".".join(parts)
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = clip(first["msg"].removeprefix("Value error, "), 400)
     kind = first["type"]
     if kind == "extra_forbidden":
         fix = "remove it or check its spelling against the recipe format in docs/recipes.md"
@@ -87,7 +88,10 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         fix = "set kind to one of dense, constant, oneshot, gmp, acdc"
     else:
-        fix = f"got {first.get('input')!r}" if not isinstance(first.get("input"), dict) else ""
+        msg = pydantic_problem(first) or msg
+        value = shown(first.get("input"))
+        said = kind == "value_error" and value in msg  # the check's own message already names the value
+        fix = pydantic_fix(first) or ("" if said or isinstance(first.get("input"), dict) else f"got {value}")
     extra = f" ({len(err.errors()) - 1} more error(s) after fixing this)" if len(err.errors()) > 1 else ""
     return ConfigError(f"{source}: {loc or '<top level>'}", msg + extra, fix)
 

@@ -22,17 +22,29 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from dstrain.recipe.messages import shown
 from dstrain.sparsity.criterion import CRITERIA, criterion_class
 from dstrain.sparsity.nm import NMPattern, parse_pattern, pattern_sparsity
 
 Unit = Literal["epoch", "step"]
 
 
+#: Longest run: 100,000 epochs is far beyond any published schedule, and the bound keeps every
+#: step count (epochs x steps per epoch) and every loop over epochs finite and reachable.
+MAX_EPOCHS = 100_000
+#: Largest global batch (2^24): beyond any hardware, and every per-rank split of it stays an int32.
+MAX_BATCH_SIZE = 2**24
+#: Most LR milestones: one per epoch of the longest run would already be absurd.
+MAX_MILESTONES = 1000
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors, and types are strict: ``epochs: true`` or ``lr: "0.1"`` is refused
-    instead of becoming 1 or 0.1 (an int is still a valid float)."""
+    instead of becoming 1 or 0.1 (an int is still a valid float).  Every number is finite:
+    ``.inf`` or ``.nan`` in any field is refused (an infinite epoch count overflows the step
+    arithmetic; an infinite AdamW eps silently stops training)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 def _list_to_tuple(value: Any) -> Any:
@@ -207,7 +219,7 @@ class PruningSpec(_Strict):
             return self
         if not isinstance(given, settings_cls):
             if given is not None and not isinstance(given, dict):
-                raise ValueError(f"{self.criterion} must be a mapping of settings, got {given!r}")
+                raise ValueError(f"{self.criterion} must be a mapping of settings, got {shown(given)}")
             try:
                 self.__dict__["criterion_settings"] = settings_cls.model_validate(given or {})
             except ValidationError as err:  # reported against pruning.<criterion>.<field> (recipe.io)
@@ -238,7 +250,8 @@ class OptimizerSpec(_Strict):
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     betas: Annotated[Tuple[Beta, Beta], BeforeValidator(_list_to_tuple)] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
+    # eps is added to sqrt(v): at 1 or more it swamps every gradient's scale (AdamW then barely moves)
+    eps: float = Field(default=1e-8, gt=0, lt=1)
     backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
     no_weight_decay: List[str] = Field(default_factory=list,
                                        description="regexes over parameter names trained without weight decay "
@@ -251,7 +264,7 @@ class LRScheduleSpec(_Strict):
     warmup: float = Field(default=0, ge=0)
     warmup_start_factor: float = Field(default=0.0, ge=0, le=1)
     min_lr: float = Field(default=0.0, ge=0)
-    milestones: List[Annotated[float, Field(ge=0)]] = Field(default_factory=list)
+    milestones: List[Annotated[float, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_MILESTONES)
     gamma: float = Field(default=0.1, gt=0, le=1, description="LR factor at each milestone")
     rewind_at_pruning: bool = Field(default=False, description="restart the LR shape at every mask update")
     cyclic: bool = Field(default=False, description="with rewind_at_pruning: each segment between mask updates "
@@ -267,11 +280,12 @@ class LRScheduleSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    epochs: float = Field(gt=0)
-    batch_size: int = Field(gt=0)
+    epochs: float = Field(gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
     seed: int = Field(default=0, ge=0, lt=2**32, description="numpy accepts seeds in [0, 2**32)")
-    eval_every: int = Field(default=1, gt=0, description="epochs between evaluations")
-    grad_clip: Optional[float] = Field(default=None, gt=0, description=(
+    eval_every: int = Field(default=1, gt=0, le=MAX_EPOCHS, description="epochs between evaluations")
+    # a norm above 1e6 never clips a trainable model's gradients: write null for no clipping
+    grad_clip: Optional[float] = Field(default=None, gt=0, le=1e6, description=(
         "clip the global gradient norm to this value; none: no clipping.  The recipe owns it so "
         "that every ds_config trains the same way (DeepSpeed clips at 1.0 when its config omits "
         "gradient_clipping)"))
@@ -280,7 +294,8 @@ class TrainingSpec(_Strict):
 class DistillationSpec(_Strict):
     teacher: str
     alpha: float = Field(default=0.5, ge=0, le=1)
-    temperature: float = Field(default=2.0, gt=0)
+    # the KD loss is scaled by T^2 and the softened logits flatten to uniform: above 100 it is noise
+    temperature: float = Field(default=2.0, gt=0, le=100)
 
 
 class Recipe(_Strict):
