@@ -153,11 +153,15 @@ class PruningSpec(_Strict):
     @field_validator("pattern", mode="before")
     @classmethod
     def _check_pattern(cls, value: Any) -> str:
-        if isinstance(value, int):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
-            raise ValueError(f"{value} is a number: YAML reads an unquoted N:M as base 60; quote it, "
-                             'e.g. pattern: "2:4" (or --set pruning.pattern=\'"2:4"\')')
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # dstrain reads an unquoted 2:4 as text; YAML 1.1 tools read it as the base-60 number 124
+            raise ValueError(f"{shown(value)} is a number, not a pattern (YAML 1.1 tools read an unquoted 2:4 "
+                             "as 124); write unstructured or N:M, e.g. pattern: 2:4, and quote it (\"2:4\") "
+                             "if other YAML tools read the file")
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} must be 'unstructured' or a quoted \"N:M\" string")
+            raise ValueError(f"{shown(value)} must be 'unstructured' or an N:M string (e.g. pattern: 2:4)")
+        if len(value) > 40:  # parse_pattern's message would echo it whole
+            raise ValueError(f"{shown(value)} is neither 'unstructured' nor 'N:M' (e.g. pattern: 2:4)")
         parse_pattern(value)
         return value
 
