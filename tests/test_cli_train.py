@@ -234,6 +234,8 @@ def test_set_values_are_read_in_the_recipe_dialect():
 
 
 @pytest.mark.parametrize("args, words", [
+    (["--set", "name=../escaped_run"], "name: '../escaped_run' is not one folder name (the run is written to "
+                                       "OUTPUT_DIR/<name>) — use letters"),
     (["--set", "training.epochs=.inf"], "training.epochs: inf is not a finite number — write a finite number"),
     (["--set", "optimizer.nesterov=yes"], "optimizer.nesterov: Input should be a valid boolean — got 'yes'; "
                                           "use true or false"),

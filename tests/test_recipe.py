@@ -219,3 +219,19 @@ def test_a_huge_run_with_lr_rewinding_is_refused_at_once():
         build_lr_schedule(recipe, 10**5, build_sparsity_schedule(recipe, 10**5))
     assert time.perf_counter() - start < 1
 
+
+# --- the name is one folder name --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../escaped_run", "/abs", "..", ".", "", "a/b", "x\x00y", "run\n", "-rf",
+                                  ".hidden", "x" * 129, "a b"])
+def test_names_that_are_not_one_folder_are_refused(name):
+    with pytest.raises(ConfigError) as info:
+        parse_recipe(_with("name", name), "r.yaml")
+    message = str(info.value)
+    assert message.startswith("r.yaml: name: ") and "is not one folder name" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["digits_gmp90", "bert_base_mnli_dense_3ep", "v1.2-run", "0", "x" * 128])
+def test_folder_names_load(name):
+    assert parse_recipe(_with("name", name)).name == name

@@ -169,6 +169,8 @@ def test_non_finite_yaml_numbers_name_the_field(field, value):
 def test_echoed_values_are_bounded():
     long_key = "k" * 1000  # YAML allows at most 1024 characters in a plain key
     assert "unknown key" in _error(RECIPE.replace("nesterov: true", f"{long_key}: 1"))
+    message = _error(RECIPE.replace("name: t", "name: " + "x" * 100_000))
+    assert message.startswith("r.yaml: name: 'xxx") and "..." in message and len(message) < 500
     many = "[" + ", ".join(["1"] * 5000) + "]"
     _error(RECIPE.replace("name: sgd", f"name: {many}"))
     _error(RECIPE.replace("{name: digits,", f"{{name: {many},"))

@@ -93,6 +93,8 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
         msg = "required field is missing"
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         fix = "set kind to one of dense, constant, oneshot, gmp, acdc"
+    elif loc == "name" and kind == "value_error":
+        fix = "use letters, digits, '.', '_' and '-' (at most 128, the first a letter or digit), e.g. name: my_run"
     else:
         msg = pydantic_problem(first) or msg
         value = shown(first.get("input"))

@@ -7,6 +7,7 @@ criteria by :mod:`dstrain.sparsity`.  Loading and error messages: :mod:`dstrain.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import (
@@ -36,6 +37,8 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 2**24
 #: Most LR milestones: one per epoch of the longest run would already be absurd.
 MAX_MILESTONES = 1000
+#: Run folder name: one path component of safe characters (the run is written to OUTPUT_DIR/<name>).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class _Strict(BaseModel):
@@ -303,7 +306,7 @@ class DistillationSpec(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = "recipe"
+    name: str = Field(default="recipe", description="the run folder's name: OUTPUT_DIR/<name>")
     description: str = ""
     task: Dict[str, Any] = Field(description="required, with no default: a recipe that forgot it must not "
                                              "silently train on some default data; validated per task by "
@@ -313,6 +316,14 @@ class Recipe(_Strict):
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     distillation: Optional[DistillationSpec] = None
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, value: str) -> str:
+        """The run is written to OUTPUT_DIR/<name>: ``../x``, ``/abs``, ``..`` or ``""`` would write elsewhere."""
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not one folder name (the run is written to OUTPUT_DIR/<name>)")
+        return value
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the whole run, once the loader's steps per epoch are known."""
