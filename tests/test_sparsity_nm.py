@@ -1,10 +1,9 @@
 """N:M semi-structured pruning: masks, recipe validation, and training that keeps exact N:M after every step."""
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import NMChecker, launch, run, subprocess_env, tiny_recipe
+from helpers import NMChecker, launch, run, tiny_recipe
 
 from dstrain import ConfigError, load_recipe
 from dstrain.sparsity.nm import (
