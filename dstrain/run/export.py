@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from dstrain import export as ex
-from dstrain.run.checkpoints import MARKER, complete_checkpoints
 from dstrain.errors import ConfigError
+from dstrain.run.checkpoints import MARKER, complete_checkpoints
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ARG = "RUN_OR_CHECKPOINT"

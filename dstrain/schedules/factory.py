@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any, Callable, Tuple
 
 from dstrain.schedules.lr import LRSchedule
-from dstrain.schedules.sparsity import ACDC, Constant, Dense, Gradual, OneShot, SparsitySchedule
+from dstrain.schedules.sparsity import (
+    ACDC,
+    Constant,
+    Dense,
+    Gradual,
+    OneShot,
+    SparsitySchedule,
+)
 
 
 def _converter(unit: str, steps_per_epoch: int) -> Callable[[float], int]:

@@ -8,7 +8,11 @@ that step.  This module builds, for each fp32 partition, the flat bool mask of
 exactly the elements it holds, by locating every model parameter and the
 partition inside the shared flat buffer (storage offsets; no assumption about
 DeepSpeed's padding or ordering).  The masked optimizer then runs its fused step
-on the partition as it would on a parameter.
+on the partition as it would on a parameter.  Under ZeRO-3 the registry's tensors are
+already this rank's slices of each parameter (:mod:`dstrain.sparsity.zero3`), views into
+DeepSpeed's flat 16-bit partition: the same offset arithmetic places their masks in the
+fp32 master partition (the padding at the end of the last rank's slice holds no weight and
+gets no gradient: it stays 0 unmasked).
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ def _partitions_of(wrapper) -> List[tuple]:
     if hasattr(wrapper, "fp32_groups_flat_partition"):  # bf16 optimizer (stage 0 + bf16)
         return [(m, f, parts[_group_rank(wrapper, i)]) for i, (m, f, parts) in enumerate(zip(
             wrapper.fp32_groups_flat_partition, wrapper.bf16_groups_flat, wrapper.bf16_partitioned_groups))]
+    if hasattr(wrapper, "fp32_partitioned_groups_flat"):  # ZeRO stage 3: this rank's partitions, flat per sub-group
+        return [(m, f, f) for m, f in zip(wrapper.fp32_partitioned_groups_flat, wrapper.fp16_partitioned_groups_flat)]
     if hasattr(wrapper, "fp32_groups_flat") and hasattr(wrapper, "fp16_groups_flat"):  # fused fp16 (stage 0)
         return [(m, f, f) for m, f in zip(wrapper.fp32_groups_flat, wrapper.fp16_groups_flat)]
     return []

@@ -9,8 +9,8 @@ fixed seed gives such a directory in well under a second, deterministically.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
@@ -62,7 +62,14 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 512, lower
     template (with token type ids) as BERT's own, so pair tasks tokenize exactly as with a
     real checkpoint. The vocabulary comes from :func:`build_wordpiece_vocab` (deterministic).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import BertTokenizerFast
 
     texts = list(texts)
