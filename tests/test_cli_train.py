@@ -1,5 +1,6 @@
 """Every bad input through the training command line is one line naming the field, the bad value and the fix (no traceback)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,41 @@ def test_internal_errors_still_raise_with_a_traceback(tmp_path, monkeypatch):
         sys.path.pop(0)
     with pytest.raises(RuntimeError, match="a bug"):
         launch_train.main(["--recipe", str(_recipe_file(tmp_path)), "--output_dir", str(tmp_path / "runs")])
+
+
+def test_set_values_are_read_in_the_recipe_dialect():
+    assert _parse_overrides(["pruning.pattern=2:4", "task.channels_last=yes", "training.epochs=1e3"]) == {
+        "pruning.pattern": "2:4", "task.channels_last": "yes", "training.epochs": 1000.0}
+    for item, words in [("task.arch_options={depth: 8, depth: 14}",
+                         r"^--set task\.arch_options\.depth: is given twice on line 1 \(YAML would silently keep"),
+                        ("training.batch_size=0100", r"^--set training\.batch_size: 0100 has a leading zero \(YAML "
+                                                     r"1\.1 reads it as the octal number 64\) — write 100"),
+                        ("task=" + "[" * 1000, r"^--set task: nesting deeper than 64 levels"),
+                        ("x=[" + "y" * 10_000, r"^--set x: value '\[yyy.*' is not valid YAML")]:
+        with pytest.raises(ConfigError, match=words) as err:
+            _parse_overrides([item])
+        assert len(_one_line(err.value)) < 1000
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "name=../escaped_run"], "name: '../escaped_run' is not one folder name (the run is written to "
+                                       "OUTPUT_DIR/<name>) — use letters"),
+    (["--set", "training.epochs=.inf"], "training.epochs: inf is not a finite number — write a finite number"),
+    (["--set", "optimizer.nesterov=yes"], "optimizer.nesterov: Input should be a valid boolean — got 'yes'; "
+                                          "use true or false"),
+    (["--set", "task.arch_options={depth: 8, depth: 14}"], "error: --set task.arch_options.depth: is given twice"),
+    (["--recipe", "FIFO"], "is not a regular file (a device, FIFO or socket)"),
+])
+def test_launch_script_refuses_dialect_and_path_mistakes_in_one_line(tmp_path, args, words):
+    """Through the real entry point, bad values, names and recipe paths: one line, exit 2, nothing written."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    recipe = ["--recipe", str(_recipe_file(tmp_path))] if "--recipe" not in args else []
+    cmd = [sys.executable, str(REPO / "launch" / "train.py"), *recipe, "--output_dir", str(tmp_path / "runs"),
+           "--no_progress", *[str(fifo) if a == "FIFO" else a for a in args]]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and words in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "escaped_run").exists() and not (tmp_path / "runs").exists()

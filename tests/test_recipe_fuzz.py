@@ -1,14 +1,22 @@
 """Mutation fuzz over every shipped recipe (found by glob, so new recipes join automatically).
 
 Each recipe is mutated key by key: keys deleted, values replaced by wrong types, by
-out-of-range values, and unknown keys added.  Every mutation must give either one
-clean :class:`ConfigError` line that names the mutated key, or — only where the key
-has a documented default (a pydantic field that is not required) — a valid recipe.
-Validation runs in-process (``parse_recipe`` plus the trainer's step-unit position
-check), so the thousands of mutations take seconds; tests/test_cli_train.py
-proves through launch/train.py that such errors reach the user as one line.
+out-of-range values, by non-finite numbers (``.inf``, ``-.inf``, ``.nan``) and by huge ones
+(``1e18``, and ``10**18`` where the value is an integer), unknown keys added, the run's
+name replaced by paths (``../x``, ``/abs``, ...), and, in the YAML text itself, every key
+given twice.  Every mutation must give either one clean :class:`ConfigError` line that
+names the mutated key, or — only where the key has a documented default (a pydantic field
+that is not required), or is ``optimizer.lr``, whose only bound is finiteness — a valid
+recipe.  Validation runs in-process (``parse_recipe``, or ``loads_recipe`` for the YAML
+text, plus the trainer's step-unit position check and the step schedules its controller
+builds), so the tens of thousands of
+mutations take seconds; tests/test_cli_train.py proves through launch/train.py that such
+errors reach the user as one line.
 """
 import copy
+import json
+import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
@@ -32,7 +40,10 @@ from dstrain.recipe import (
     Recipe,
     TrainingSpec,
     check_schedule_positions,
+    loads_recipe,
 )
+from dstrain.recipe.yaml_loader import load_yaml
+from dstrain.schedules.factory import build_lr_schedule, build_sparsity_schedule
 from dstrain.sparsity.criterion import criterion_class
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +62,11 @@ POSITIONS = {"at", "start", "end", "warmup", "final", "last_decompressed", "mile
 POSITIVE = {"epochs", "batch_size", "eval_every", "lr", "eps", "temperature", "image_size", "max_length",
             "synthetic_size", "width", "frequency", "compressed", "decompressed", "num_classes", "depth"}
 STEPS_PER_EPOCH = 50  # for the trainer's step-unit position check
+NON_FINITE = [math.inf, -math.inf, math.nan]
+#: Numeric fields a huge (finite) value is valid for, and why.
+HUGE_ALLOWED = {"lr": "only finite and > 0: the trainer's divergence guard stops a run whose LR is absurd"}
+#: Names that are not one safe path component (the run is written to OUTPUT_DIR/<name>).
+BAD_NAMES = ["../x", "/abs", "..", "", "a/b", "x\x00y"]
 
 
 def _schema(data: Dict[str, Any], path: Tuple[str, ...]) -> Optional[Type[BaseModel]]:
@@ -145,6 +161,10 @@ def _out_of_range(key: Tuple[str, ...], value: Any) -> List[Any]:
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _mutations(data: Dict[str, Any]) -> Iterator[Tuple[str, Tuple[str, ...], Any]]:
     for key, value in list(_leaves(data)):
         if not key[-1].isdigit():
@@ -153,8 +173,49 @@ def _mutations(data: Dict[str, Any]) -> Iterator[Tuple[str, Tuple[str, ...], Any
             yield "type", key, wrong
         for bad in _out_of_range(key, value):
             yield "range", key, bad
+        if _is_number(value):
+            for bad in NON_FINITE:
+                yield "non-finite", key, bad
+            yield "huge", key, 1e18
+            if isinstance(value, int):
+                yield "huge", key, 10**18
     for path in [()] + [k for k, v in _leaves(data) if isinstance(v, dict)]:
         yield "unknown", (*path, "bogus_key"), 1
+    for name in BAD_NAMES:
+        yield "name", ("name",), name
+
+
+def _other(value: Any) -> Any:
+    """Another value of the same kind: given first, it is what a last-one-wins reader would drop."""
+    if isinstance(value, bool):
+        return not value
+    if _is_number(value):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_other"
+    return [] if isinstance(value, list) else {} if isinstance(value, dict) else 0
+
+
+def _yaml_text(data: Dict[str, Any], twice: Optional[Tuple[str, ...]] = None, path: Tuple[str, ...] = (),
+               indent: int = 0) -> str:
+    """``data`` as block YAML (values in JSON's flow style, which YAML reads), the key at ``twice``
+    written twice: first with :func:`_other`'s value, then with its own."""
+    lines = []
+    for key, value in data.items():
+        here = (*path, key)
+        for v in ([_other(value), value] if here == twice else [value]):
+            if isinstance(v, dict) and v:
+                lines.append(f"{' ' * indent}{key}:\n" + _yaml_text(v, twice, here, indent + 2))
+            else:
+                lines.append(f"{' ' * indent}{key}: {json.dumps(v)}\n")
+    return "".join(lines)
+
+
+def _mapping_keys(node: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, ...]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*path, key)
+            yield from _mapping_keys(value, (*path, key))
 
 
 def _names(text: str, key: Tuple[str, ...]) -> bool:
@@ -165,20 +226,27 @@ def _names(text: str, key: Tuple[str, ...]) -> bool:
 
 
 def _validate(data: Any, source: str) -> None:
-    recipe = parse_recipe(data, source)
+    recipe = parse_recipe(data, source) if isinstance(data, dict) else loads_recipe(data, source)
     check_schedule_positions(recipe, source, steps_per_epoch=STEPS_PER_EPOCH)  # what the trainer adds
+    # and what the trainer's controller builds next: an accepted value must not overflow or hang there
+    build_lr_schedule(recipe, STEPS_PER_EPOCH, build_sparsity_schedule(recipe, STEPS_PER_EPOCH))
 
 
 def fuzz(paths: List[Path]) -> Tuple[Counter, List[str]]:
     counts: Counter = Counter()
     problems: List[str] = []
     for path in paths:
-        original = yaml.safe_load(path.read_text())
+        original = load_yaml(path.read_text())
         _validate(original, str(path))  # the unmutated recipe is valid
-        for kind, key, value in _mutations(original):
-            data = copy.deepcopy(original)
-            _set(data, key, value, delete=kind == "delete")
-            what = f"{path.relative_to(REPO)}: {kind} {'.'.join(key)} = {value!r}"
+        assert load_yaml(_yaml_text(original)) == original, f"{path}: the fuzz's YAML writer changed it"
+        mutations = [(kind, key, value, None) for kind, key, value in _mutations(original)]
+        mutations += [("duplicate", key, None, _yaml_text(original, twice=key)) for key in _mapping_keys(original)]
+        for kind, key, value, text in mutations:
+            data: Any = text
+            if text is None:
+                data = copy.deepcopy(original)
+                _set(data, key, value, delete=kind == "delete")
+            what = f"{path.relative_to(REPO)}: {kind} {'.'.join(key)}" + ("" if text else f" = {value!r}")
             counts["mutations"] += 1
             counts[kind] += 1
             try:
@@ -198,6 +266,8 @@ def fuzz(paths: List[Path]) -> Tuple[Counter, List[str]]:
                 counts["accepted: documented default"] += 1
             elif kind == "type" and value is None and _default_is_none(original, key):
                 counts["accepted: documented default"] += 1
+            elif kind == "huge" and key[-1] in HUGE_ALLOWED:
+                counts["accepted: huge lr (no bound beyond finite)"] += 1
             else:
                 counts[f"accepted {kind}"] += 1
                 problems.append(f"{what}: accepted")
@@ -209,20 +279,36 @@ def test_shipped_recipes_are_found():
 
 
 def test_every_mutation_of_every_shipped_recipe_is_a_clean_error_or_a_documented_default(capsys):
+    start = time.perf_counter()
     counts, problems = fuzz(RECIPES)
     with capsys.disabled():
-        print(f"\nrecipe fuzz: {len(RECIPES)} recipes, " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    assert counts["tracebacks"] == 0 and counts["accepted range"] == 0, problems[:20]
+        print(f"\nrecipe fuzz: {len(RECIPES)} recipes in {time.perf_counter() - start:.1f} s, "
+              + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    accepted_bad = {k: v for k, v in counts.items()
+                    if k in ("accepted range", "accepted non-finite", "accepted huge", "accepted name",
+                             "accepted duplicate")}
+    assert counts["tracebacks"] == 0 and not accepted_bad, (accepted_bad, problems[:20])
     assert problems == [], f"{len(problems)} problems, e.g. " + "\n".join(problems[:20])
     assert counts["mutations"] > 1000 and counts["clean errors"] > 0.9 * counts["mutations"]
+    for kind in ("non-finite", "huge", "name", "duplicate"):
+        assert counts[kind] >= len(RECIPES), (kind, counts[kind])
 
 
-@pytest.mark.parametrize("mutate", ["positions unchecked", "a traceback"])
+@pytest.mark.parametrize("mutate", ["positions unchecked", "a traceback", "duplicates unchecked", "names unchecked"])
 def test_the_fuzz_harness_can_fail(monkeypatch, mutate):
-    """The fuzzer reports accepted out-of-range values and non-ConfigError exceptions (it cannot pass vacuously)."""
-    import dstrain.recipe.io as recipe_module
+    """The fuzzer reports accepted out-of-range values, repeated keys and path names, and non-ConfigError
+    exceptions (it cannot pass vacuously)."""
+    import re
 
-    if mutate == "positions unchecked":  # as if schedule positions were not checked against the training length
+    import dstrain.recipe.io as recipe_module
+    import dstrain.recipe.spec as spec_module
+    from dstrain.recipe.yaml_loader import RecipeLoader
+
+    if mutate == "duplicates unchecked":  # as if the loader let the last of two equal keys win, as PyYAML does
+        monkeypatch.setattr(RecipeLoader, "compose_mapping_node", yaml.SafeLoader.compose_mapping_node)
+    elif mutate == "names unchecked":  # as if any string were a run folder name
+        monkeypatch.setattr(spec_module, "NAME_PATTERN", re.compile(".*", re.S))
+    elif mutate == "positions unchecked":  # as if schedule positions were not checked against the training length
         monkeypatch.setattr(recipe_module, "check_cross_fields", lambda recipe, source: None)
         monkeypatch.setitem(globals(), "check_schedule_positions", lambda *a, **k: None)
     else:
@@ -231,5 +317,9 @@ def test_the_fuzz_harness_can_fail(monkeypatch, mutate):
     counts, problems = fuzz([REPO / "recipes" / "digits_gmp90.yaml"])
     if mutate == "a traceback":
         assert counts["tracebacks"] >= 1 and any("ZeroDivisionError" in p for p in problems)
+    elif mutate == "duplicates unchecked":
+        assert counts["accepted duplicate"] >= 1 and any("duplicate training.epochs: accepted" in p for p in problems)
+    elif mutate == "names unchecked":
+        assert counts["accepted name"] == len(BAD_NAMES) and any("name = '../x': accepted" in p for p in problems)
     else:
         assert counts["accepted range"] >= 1 and any("= 10000000: accepted" in p for p in problems)

@@ -95,3 +95,55 @@ def test_acdc_last_decompressed_phase_before_the_final_one():
     phases = "".join("C" if s.is_compressed(t) else "D" for t in range(18))
     assert phases == "DDDD" + "CCDD" + "CC" + "DDDDD" + "CCC"
     assert s.update_steps(18) == [4, 8, 15]
+
+
+def _brute_force(schedule, total):
+    return [t for t in range(total) if schedule.updates_mask(t)]
+
+
+def _random_schedules(rng, n):
+    """Small schedules of every kind, edges included: positions at, before and after the end of the run."""
+    for _ in range(n):
+        total = rng.randint(0, 60)
+        kind = rng.choice(["dense", "constant", "oneshot", "gmp", "acdc"])
+        if kind == "dense":
+            yield Dense(), total
+        elif kind == "constant":
+            yield Constant(rng.random()), total
+        elif kind == "oneshot":
+            yield OneShot(rng.random(), rng.randint(0, 70)), total
+        elif kind == "gmp":
+            start = rng.randint(0, 50)
+            yield Gradual(0.0, 0.9, start, start + rng.randint(0, 40), rng.randint(1, 12)), total
+        else:
+            yield ACDC(0.9, rng.randint(0, 30), rng.randint(1, 8), rng.randint(1, 8), rng.randint(1, 20),
+                       total + rng.randint(-10, 10), rng.randint(0, 10)), total
+
+
+def test_closed_form_update_steps_equal_the_step_by_step_walk():
+    import random
+
+    rng = random.Random(20240601)
+    for schedule, total in _random_schedules(rng, 5000):
+        expected = _brute_force(schedule, total)
+        assert schedule.update_steps(total) == expected, (schedule, total)
+        assert schedule.count_updates(total) == len(expected), (schedule, total)
+        if isinstance(schedule, ACDC):
+            starts, t = [], schedule.warmup  # the phase loop the closed form replaces
+            while t < schedule.alternation_end:
+                starts.append(t)
+                t += schedule.compressed + schedule.decompressed
+            assert schedule.phase_starts() == starts + [schedule.final_start]
+
+
+def test_update_counts_of_huge_runs_take_no_time():
+    import time
+
+    start = time.perf_counter()
+    total = 10**15
+    assert Gradual(0.0, 0.9, 0, total // 2, 1).count_updates(total) == total // 2 + 1
+    assert ACDC(0.9, 10, 1, 1, 10, total).count_updates(total) == (total - 20) // 2 + 1
+    assert OneShot(0.5, total - 1).update_steps(total) == [total - 1]
+    assert Constant(0.5).update_steps(total) == [0] and Dense().count_updates(total) == 0
+    assert Gradual(0.0, 0.9, 5, 10**12, 10**11).update_steps(total)[:3] == [5, 10**11 + 5, 2 * 10**11 + 5]
+    assert time.perf_counter() - start < 1

@@ -52,23 +52,32 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def parse_overrides(items: List[str]) -> Dict[str, Any]:
-    """``--set KEY=VALUE`` pairs, each value read as YAML."""
+    """``--set KEY=VALUE`` pairs, each value read as YAML in the recipe's own dialect
+    (:mod:`dstrain.recipe.yaml_loader`: ``--set pruning.pattern=2:4`` is the text 2:4, ``yes`` is no
+    boolean, ``0100`` is refused), so a value means on the command line what it means in the file."""
     import yaml
 
     from dstrain.errors import ConfigError
+    from dstrain.recipe.messages import clip, shown
+    from dstrain.recipe.yaml_loader import YamlRuleError, load_yaml
 
     out = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item}", "expected KEY=VALUE", "e.g. --set training.epochs=5")
+            raise ConfigError(f"--set {clip(item, 80)}", "expected KEY=VALUE", "e.g. --set training.epochs=5")
         key, value = item.split("=", 1)
-        if not key.strip() or any(not part for part in key.strip().split(".")):
-            raise ConfigError(f"--set {item}", f"{key!r} is not a dotted recipe key", "e.g. --set training.epochs=5")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {clip(item, 80)}", f"{shown(key, 80)} is not a dotted recipe key",
+                              "e.g. --set training.epochs=5")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key] = load_yaml(value)
+        except YamlRuleError as err:
+            field = f"--set {clip(key, 80)}" + (f".{err.path}" if err.path else "")
+            raise ConfigError(field, err.problem, err.fix) from None
         except yaml.YAMLError as err:
-            problem = str(err).splitlines()[0]
-            raise ConfigError(f"--set {key.strip()}", f"value {value!r} is not valid YAML ({problem})",
+            problem = clip(str(err).splitlines()[0], 200)
+            raise ConfigError(f"--set {clip(key, 80)}", f"value {shown(value)} is not valid YAML ({problem})",
                               "quote strings and close brackets, e.g. --set 'training.epochs=5'") from None
     return out
 

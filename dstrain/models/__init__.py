@@ -8,6 +8,7 @@ from torch import nn
 
 from dstrain.errors import ConfigError
 from dstrain.models.small_resnet import SmallResNet
+from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 
 ARCHS = ("small_resnet", "resnet18", "resnet34", "resnet50")
 
@@ -15,11 +16,12 @@ ARCHS = ("small_resnet", "resnet18", "resnet34", "resnet50")
 class _ArchOptions(BaseModel):
     """``task.arch_options`` go straight into a model constructor: typed per architecture here."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SmallResNetOptions(_ArchOptions):
-    depth: int = Field(default=8, ge=8, description="6n+2")
+    # 1202 is the deepest CIFAR ResNet published (He et al. 2016); deeper only exhausts memory
+    depth: int = Field(default=8, ge=8, le=1202, description="6n+2")
     width: int = Field(default=32, gt=0, le=4096)
     norm: Literal["batch", "none"] = "batch"
     stem_stride: int = Field(default=1, ge=1, le=2, description="2 halves the resolution in the first conv")
@@ -39,8 +41,9 @@ class BasicResNetOptions(_ArchOptions):
 
 
 class BottleneckResNetOptions(BasicResNetOptions):
-    groups: int = Field(default=1, gt=0)
-    width_per_group: int = Field(default=64, gt=0)
+    # ResNeXt uses 32 or 64 groups and wide ResNets 128 per group; far larger models do not fit any GPU
+    groups: int = Field(default=1, gt=0, le=64)
+    width_per_group: int = Field(default=64, gt=0, le=256)
     replace_stride_with_dilation: Optional[List[bool]] = Field(default=None, min_length=3, max_length=3)
 
 
@@ -56,14 +59,14 @@ def check_arch_options(arch: str, options: Any, field: str = "task") -> None:
         ARCH_OPTIONS[arch].model_validate(options)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(clip(str(p), 80) for p in first["loc"])
         allowed = ", ".join(ARCH_OPTIONS[arch].model_fields)
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{field}.arch_options.{loc}", f"is not an option of {arch}",
                               f"use only {allowed}") from None
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{field}.arch_options{'.' + loc if loc else ''}", f"{first.get('input')!r}: {msg}",
-                          f"{arch} takes {allowed}") from None
+        msg = pydantic_problem(first) or f"{shown(first.get('input'))}: {first['msg'].removeprefix('Value error, ')}"
+        fix = pydantic_fix(first) or f"{arch} takes {allowed}"
+        raise ConfigError(f"{field}.arch_options{'.' + loc if loc else ''}", msg, fix) from None
 
 
 def build_vision_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:

@@ -34,11 +34,39 @@ def schedule_positions(recipe: "Recipe") -> List[Tuple[str, float, str, bool]]:
     return out
 
 
+def schedule_lengths(recipe: "Recipe") -> List[Tuple[str, float, str]]:
+    """(field, length, unit) of the schedule's repeating intervals: GMP's frequency, AC/DC's phases.
+
+    An interval longer than the whole training never repeats (a GMP frequency of 10^18
+    steps prunes at start and end only; an AC/DC compressed phase longer than the run
+    never decompresses): it is a mistake, refused like an event after the end.
+    """
+    s, unit = recipe.pruning.schedule, recipe.pruning.unit
+    if s.kind == "gmp":
+        return [("pruning.schedule.frequency", s.frequency, unit)]
+    if s.kind == "acdc":
+        return [("pruning.schedule.compressed", s.compressed, unit),
+                ("pruning.schedule.decompressed", s.decompressed, unit)]
+    return []
+
+
 def check_schedule_positions(recipe: "Recipe", source: str = "recipe",
                              steps_per_epoch: Optional[int] = None) -> None:
     """Every event inside the training, in both units: epoch units at load time, step units once
-    the trainer knows the steps per epoch (``steps_per_epoch``)."""
+    the trainer knows the steps per epoch (``steps_per_epoch``).  With the steps known, LR
+    rewinding's restarts are counted too (:func:`dstrain.schedules.factory.lr_restarts`)."""
     epochs = recipe.training.epochs
+    for field, length, unit in schedule_lengths(recipe):
+        if unit == "epoch":
+            limit, end = epochs, f"training.epochs ({epochs:g})"
+        elif steps_per_epoch:
+            limit = recipe.total_steps(steps_per_epoch)
+            end = f"the training ({limit} steps: training.epochs {epochs:g} x {steps_per_epoch} steps per epoch)"
+        else:
+            continue
+        if length > limit:
+            raise ConfigError(f"{source}: {field}", f"{length:g} {unit}s is longer than {end}",
+                              "shorten it to at most the training's length")
     for field, pos, unit, before_end in schedule_positions(recipe):
         if unit == "epoch":
             limit, end = epochs, f"training.epochs ({epochs:g})"
@@ -58,6 +86,10 @@ def check_schedule_positions(recipe: "Recipe", source: str = "recipe",
         raise ConfigError(f"{source}: {field}", problem,
                           "shorten the schedule or train longer" + (" (pruning.unit / lr_schedule.unit: "
                                                                     "step counts optimizer steps)" if unit == "step" else ""))
+    if steps_per_epoch:
+        from dstrain.schedules.factory import build_sparsity_schedule, lr_restarts
+
+        lr_restarts(recipe, steps_per_epoch, build_sparsity_schedule(recipe, steps_per_epoch), source)
 
 
 def check_cross_fields(recipe: "Recipe", source: str) -> None:

@@ -7,6 +7,8 @@ what to do about it.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -15,7 +17,12 @@ from pydantic import ValidationError
 
 from dstrain.errors import ConfigError
 from dstrain.recipe.checks import check_cross_fields
+from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.recipe.spec import SCHEDULE_KINDS, Recipe
+from dstrain.recipe.yaml_loader import YamlRuleError, load_yaml
+
+#: Largest recipe file: a recipe is a few kilobytes, and it is copied into every checkpoint.
+MAX_RECIPE_BYTES = 1 << 20
 
 
 def _flow(value: Any) -> str:
@@ -47,7 +54,7 @@ def write_recipe(path: Union[str, Path], data: Dict[str, Any], comments: str = "
     """Write :func:`dump_recipe` output and prove it: it must read back equal and validate."""
     path = Path(path)
     path.write_text(dump_recipe(data, comments))
-    if yaml.safe_load(path.read_text()) != json.loads(json.dumps(data)):  # tuples come back as lists
+    if load_yaml(path.read_text()) != json.loads(json.dumps(data)):  # tuples come back as lists
         raise ValueError(f"{path} does not round-trip through YAML")
     return load_recipe(path)
 
@@ -72,11 +79,11 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
     if first["type"] == "criterion_settings":  # an error inside pruning.<criterion>: report it at its own place
         inner = first["ctx"]
         first = {**inner, "loc": (*first["loc"], *inner["loc"])}
-    parts = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    parts = [clip(str(p), 80) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
     # pydantic puts the union tag (e.g. "gmp") into the path; users never write it
     parts = [p for i, p in enumerate(parts) if not (p in SCHEDULE_KINDS and i and parts[i - 1] == "schedule")]
     loc = ".".join(parts)
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = clip(first["msg"].removeprefix("Value error, "), 400)
     kind = first["type"]
     if kind == "extra_forbidden":
         fix = "remove it or check its spelling against the recipe format in docs/recipes.md"
@@ -86,13 +93,19 @@ def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
         msg = "required field is missing"
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         fix = "set kind to one of dense, constant, oneshot, gmp, acdc"
+    elif loc == "name" and kind == "value_error":
+        fix = "use letters, digits, '.', '_' and '-' (at most 128, the first a letter or digit), e.g. name: my_run"
     else:
-        fix = f"got {first.get('input')!r}" if not isinstance(first.get("input"), dict) else ""
+        msg = pydantic_problem(first) or msg
+        value = shown(first.get("input"))
+        said = kind == "value_error" and value in msg  # the check's own message already names the value
+        fix = pydantic_fix(first) or ("" if said or isinstance(first.get("input"), dict) else f"got {value}")
     extra = f" ({len(err.errors()) - 1} more error(s) after fixing this)" if len(err.errors()) > 1 else ""
     return ConfigError(f"{source}: {loc or '<top level>'}", msg + extra, fix)
 
 
 def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a recipe given as Python data (what the YAML holds); ConfigError naming the field otherwise."""
     if not isinstance(data, dict):
         raise ConfigError(source, "recipe must be a YAML mapping at top level", "see recipes/ for examples")
     try:
@@ -103,25 +116,82 @@ def parse_recipe(data: Dict[str, Any], source: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Recipe:
-    """Read and validate a YAML recipe; ``overrides`` maps dotted keys to values (CLI --set)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("--recipe", f"{path} does not exist", "pass a YAML file, e.g. recipes/digits_gmp90.yaml")
+def _read_recipe_bytes(path: Path) -> bytes:
+    """The bytes of a recipe file, refusing anything that is not a regular file of at most 1 MiB.
+
+    Why so careful: ``open()`` on a FIFO blocks until a writer comes, ``/dev/zero`` never
+    ends, and a recipe is copied into every checkpoint.  The file is opened without
+    blocking and checked on the open descriptor, so a path swapped after the first look
+    is still caught.
+    """
+    show = clip(str(path))
+    example = "pass a YAML file, e.g. recipes/digits_gmp90.yaml"
+    if "\x00" in str(path):
+        raise ConfigError("--recipe", f"{shown(str(path))} contains a null byte", example)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError("--recipe", f"{path} is not a text file (not UTF-8)",
-                          "pass a YAML recipe, e.g. recipes/digits_gmp90.yaml") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError("--recipe", f"{show} does not exist", example) from None
+    except IsADirectoryError:
+        raise ConfigError("--recipe", f"{show} is a folder, not a recipe file", example) from None
+    except PermissionError:
+        raise ConfigError("--recipe", f"{show} cannot be read (permission denied)",
+                          "make it readable, or pass a copy you can read") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError("--recipe", f"{show} cannot be opened ({clip(getattr(err, 'strerror', None) or str(err))})",
+                          example) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError("--recipe", f"{show} is a folder, not a recipe file", example)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("--recipe", f"{show} is not a regular file (a device, FIFO or socket)", example)
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise ConfigError("--recipe", f"{show} is {info.st_size:,} bytes, more than a recipe may be "
+                              f"({MAX_RECIPE_BYTES:,}: it is copied into every checkpoint)",
+                              "pass the recipe itself, not a data file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except PermissionError:
+        raise ConfigError("--recipe", f"{show} cannot be read (permission denied)",
+                          "make it readable, or pass a copy you can read") from None
+    except OSError as err:
+        raise ConfigError("--recipe", f"{show} cannot be read ({clip(err.strerror or str(err))})", example) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RECIPE_BYTES:  # grew since fstat
+        raise ConfigError("--recipe", f"{show} is more than {MAX_RECIPE_BYTES:,} bytes, more than a recipe may be",
+                          "pass the recipe itself, not a data file")
+    return data
+
+
+def loads_recipe(text: str, source: str = "recipe", overrides: Optional[Dict[str, Any]] = None) -> Recipe:
+    """Validate a recipe given as YAML text (the dialect of :mod:`dstrain.recipe.yaml_loader`)."""
+    try:
+        data = load_yaml(text)
+    except YamlRuleError as err:
+        raise ConfigError(f"{source}: {err.where}", err.problem, err.fix) from None
     except yaml.YAMLError as err:
-        problem = " ".join(str(err).split())  # one line
-        raise ConfigError(str(path), f"is not valid YAML ({problem})", "fix the syntax") from None
+        problem = clip(" ".join(str(err).split()), 400)  # one line
+        raise ConfigError(source, f"is not valid YAML ({problem})", "fix the syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(str(path), f"is {'empty' if data is None else 'a YAML ' + type(data).__name__}, "
+        raise ConfigError(source, f"is {'empty' if data is None else 'a YAML ' + type(data).__name__}, "
                           "not a recipe mapping", "see recipes/ for examples")
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, source)
+
+
+def load_recipe(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Recipe:
+    """Read and validate a YAML recipe; ``overrides`` maps dotted keys to values (CLI --set)."""
+    path = Path(path)
+    raw = _read_recipe_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("--recipe", f"{clip(str(path))} is not a text file (not UTF-8)",
+                          "pass a YAML recipe, e.g. recipes/digits_gmp90.yaml") from None
+    return loads_recipe(text, clip(str(path)), overrides)
 
 
 def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
@@ -130,5 +200,5 @@ def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}", f"{part} is not a section", "override a leaf key")
+            raise ConfigError(f"--set {clip(key)}", f"{clip(part)} is not a section", "override a leaf key")
     node[parts[-1]] = value

@@ -7,6 +7,7 @@ criteria by :mod:`dstrain.sparsity`.  Loading and error messages: :mod:`dstrain.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import (
@@ -22,17 +23,31 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from dstrain.recipe.messages import shown
 from dstrain.sparsity.criterion import CRITERIA, criterion_class
 from dstrain.sparsity.nm import NMPattern, parse_pattern, pattern_sparsity
 
 Unit = Literal["epoch", "step"]
 
 
+#: Longest run: 100,000 epochs is far beyond any published schedule, and the bound keeps every
+#: step count (epochs x steps per epoch) and every loop over epochs finite and reachable.
+MAX_EPOCHS = 100_000
+#: Largest global batch (2^24): beyond any hardware, and every per-rank split of it stays an int32.
+MAX_BATCH_SIZE = 2**24
+#: Most LR milestones: one per epoch of the longest run would already be absurd.
+MAX_MILESTONES = 1000
+#: Run folder name: one path component of safe characters (the run is written to OUTPUT_DIR/<name>).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors, and types are strict: ``epochs: true`` or ``lr: "0.1"`` is refused
-    instead of becoming 1 or 0.1 (an int is still a valid float)."""
+    instead of becoming 1 or 0.1 (an int is still a valid float).  Every number is finite:
+    ``.inf`` or ``.nan`` in any field is refused (an infinite epoch count overflows the step
+    arithmetic; an infinite AdamW eps silently stops training)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 def _list_to_tuple(value: Any) -> Any:
@@ -141,11 +156,15 @@ class PruningSpec(_Strict):
     @field_validator("pattern", mode="before")
     @classmethod
     def _check_pattern(cls, value: Any) -> str:
-        if isinstance(value, int):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
-            raise ValueError(f"{value} is a number: YAML reads an unquoted N:M as base 60; quote it, "
-                             'e.g. pattern: "2:4" (or --set pruning.pattern=\'"2:4"\')')
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # dstrain reads an unquoted 2:4 as text; YAML 1.1 tools read it as the base-60 number 124
+            raise ValueError(f"{shown(value)} is a number, not a pattern (YAML 1.1 tools read an unquoted 2:4 "
+                             "as 124); write unstructured or N:M, e.g. pattern: 2:4, and quote it (\"2:4\") "
+                             "if other YAML tools read the file")
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} must be 'unstructured' or a quoted \"N:M\" string")
+            raise ValueError(f"{shown(value)} must be 'unstructured' or an N:M string (e.g. pattern: 2:4)")
+        if len(value) > 40:  # parse_pattern's message would echo it whole
+            raise ValueError(f"{shown(value)} is neither 'unstructured' nor 'N:M' (e.g. pattern: 2:4)")
         parse_pattern(value)
         return value
 
@@ -207,7 +226,7 @@ class PruningSpec(_Strict):
             return self
         if not isinstance(given, settings_cls):
             if given is not None and not isinstance(given, dict):
-                raise ValueError(f"{self.criterion} must be a mapping of settings, got {given!r}")
+                raise ValueError(f"{self.criterion} must be a mapping of settings, got {shown(given)}")
             try:
                 self.__dict__["criterion_settings"] = settings_cls.model_validate(given or {})
             except ValidationError as err:  # reported against pruning.<criterion>.<field> (recipe.io)
@@ -238,7 +257,8 @@ class OptimizerSpec(_Strict):
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     betas: Annotated[Tuple[Beta, Beta], BeforeValidator(_list_to_tuple)] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
+    # eps is added to sqrt(v): at 1 or more it swamps every gradient's scale (AdamW then barely moves)
+    eps: float = Field(default=1e-8, gt=0, lt=1)
     backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
     no_weight_decay: List[str] = Field(default_factory=list,
                                        description="regexes over parameter names trained without weight decay "
@@ -251,7 +271,7 @@ class LRScheduleSpec(_Strict):
     warmup: float = Field(default=0, ge=0)
     warmup_start_factor: float = Field(default=0.0, ge=0, le=1)
     min_lr: float = Field(default=0.0, ge=0)
-    milestones: List[Annotated[float, Field(ge=0)]] = Field(default_factory=list)
+    milestones: List[Annotated[float, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_MILESTONES)
     gamma: float = Field(default=0.1, gt=0, le=1, description="LR factor at each milestone")
     rewind_at_pruning: bool = Field(default=False, description="restart the LR shape at every mask update")
     cyclic: bool = Field(default=False, description="with rewind_at_pruning: each segment between mask updates "
@@ -283,11 +303,12 @@ class GuardSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    epochs: float = Field(gt=0)
-    batch_size: int = Field(gt=0)
+    epochs: float = Field(gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
     seed: int = Field(default=0, ge=0, lt=2**32, description="numpy accepts seeds in [0, 2**32)")
-    eval_every: int = Field(default=1, gt=0, description="epochs between evaluations")
-    grad_clip: Optional[float] = Field(default=None, gt=0, description=(
+    eval_every: int = Field(default=1, gt=0, le=MAX_EPOCHS, description="epochs between evaluations")
+    # a norm above 1e6 never clips a trainable model's gradients: write null for no clipping
+    grad_clip: Optional[float] = Field(default=None, gt=0, le=1e6, description=(
         "clip the global gradient norm to this value; none: no clipping.  The recipe owns it so "
         "that every ds_config trains the same way (DeepSpeed clips at 1.0 when its config omits "
         "gradient_clipping)"))
@@ -297,11 +318,12 @@ class TrainingSpec(_Strict):
 class DistillationSpec(_Strict):
     teacher: str
     alpha: float = Field(default=0.5, ge=0, le=1)
-    temperature: float = Field(default=2.0, gt=0)
+    # the KD loss is scaled by T^2 and the softened logits flatten to uniform: above 100 it is noise
+    temperature: float = Field(default=2.0, gt=0, le=100)
 
 
 class Recipe(_Strict):
-    name: str = "recipe"
+    name: str = Field(default="recipe", description="the run folder's name: OUTPUT_DIR/<name>")
     description: str = ""
     task: Dict[str, Any] = Field(description="required, with no default: a recipe that forgot it must not "
                                              "silently train on some default data; validated per task by "
@@ -311,6 +333,14 @@ class Recipe(_Strict):
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     distillation: Optional[DistillationSpec] = None
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, value: str) -> str:
+        """The run is written to OUTPUT_DIR/<name>: ``../x``, ``/abs``, ``..`` or ``""`` would write elsewhere."""
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not one folder name (the run is written to OUTPUT_DIR/<name>)")
+        return value
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the whole run, once the loader's steps per epoch are known."""

@@ -5,12 +5,16 @@ taken): the target sparsity, whether step ``t`` runs compressed (masked) or
 dense, and whether masks are recomputed just before it.  All positions are in
 optimizer steps here; the recipe converts epochs to steps once it knows the
 loader length.
+
+The steps at which masks change (:meth:`SparsitySchedule.update_ranges`) are computed in
+closed form, never by walking the steps: a run may have billions of them, and LR rewinding
+needs the list before the first step.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import List
+from typing import List, Sequence
 
 
 class SparsitySchedule(abc.ABC):
@@ -26,8 +30,21 @@ class SparsitySchedule(abc.ABC):
     def updates_mask(self, step: int) -> bool:
         """Whether masks are recomputed right before step ``step``."""
 
+    @abc.abstractmethod
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        """The steps t in [0, total_steps) with ``updates_mask(t)``, as ascending disjoint ranges.
+
+        Ranges, not a list, so that counting them costs nothing however long the run.
+        """
+
     def update_steps(self, total_steps: int) -> List[int]:
-        return [t for t in range(total_steps) if self.updates_mask(t)]
+        """Every step in [0, total_steps) before which masks are recomputed (:meth:`count_updates` first
+        if the run may be long: this list has one entry per update)."""
+        return [t for r in self.update_ranges(total_steps) for t in r]
+
+    def count_updates(self, total_steps: int) -> int:
+        """How many mask updates a run of ``total_steps`` steps makes, in constant time."""
+        return sum(len(r) for r in self.update_ranges(total_steps))
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,9 @@ class Dense(SparsitySchedule):
 
     def updates_mask(self, step: int) -> bool:
         return False
+
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,9 @@ class Constant(SparsitySchedule):
     def updates_mask(self, step: int) -> bool:
         return step == 0
 
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        return (range(0, min(1, total_steps)),)
+
 
 @dataclass(frozen=True)
 class OneShot(SparsitySchedule):
@@ -75,6 +98,9 @@ class OneShot(SparsitySchedule):
 
     def updates_mask(self, step: int) -> bool:
         return step == self.at
+
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        return (range(self.at, self.at + 1),) if 0 <= self.at < total_steps else ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,14 @@ class Gradual(SparsitySchedule):
             return False
         return (step - self.start) % self.frequency == 0 or step == self.end
 
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        """start, start + frequency, ... up to end, then end itself if it is off that grid."""
+        first = self.start if self.start >= 0 else self.start % self.frequency  # the grid's first step >= 0
+        last = min(self.end, total_steps - 1)
+        grid = range(first, last + 1, self.frequency)
+        off_grid = self.start <= self.end and 0 <= self.end < total_steps and (self.end - self.start) % self.frequency
+        return (grid, range(self.end, self.end + 1)) if off_grid else (grid,)
+
 
 @dataclass(frozen=True)
 class ACDC(SparsitySchedule):
@@ -145,14 +179,13 @@ class ACDC(SparsitySchedule):
     def alternation_end(self) -> int:
         return self.final_start - self.last_decompressed
 
+    @property
+    def period(self) -> int:
+        return self.compressed + self.decompressed
+
     def phase_starts(self) -> List[int]:
         """Start steps of all compressed phases."""
-        starts, t = [], self.warmup
-        while t < self.alternation_end:
-            starts.append(t)
-            t += self.compressed + self.decompressed
-        starts.append(self.final_start)
-        return starts
+        return [*range(self.warmup, self.alternation_end, self.period), self.final_start]
 
     def is_compressed(self, step: int) -> bool:
         if step >= self.final_start:
@@ -170,3 +203,10 @@ class ACDC(SparsitySchedule):
         if step >= self.alternation_end:
             return False
         return step >= self.warmup and (step - self.warmup) % (self.compressed + self.decompressed) == 0
+
+    def update_ranges(self, total_steps: int) -> Sequence[range]:
+        """The alternation's compressed-phase starts before the alternation ends, then the final phase's start."""
+        first = self.warmup if self.warmup >= 0 else self.warmup % self.period  # the grid's first step >= 0
+        alternation = range(first, min(self.alternation_end, self.final_start, total_steps), self.period)
+        final = range(self.final_start, self.final_start + 1) if 0 <= self.final_start < total_steps else range(0)
+        return (alternation, final)

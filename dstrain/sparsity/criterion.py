@@ -33,9 +33,10 @@ CRITERIA: Dict[str, str] = {
 
 
 class StrictSettings(BaseModel):
-    """Base of a criterion's settings: unknown keys are errors and types are strict, as in the recipe."""
+    """Base of a criterion's settings: unknown keys are errors, types are strict and numbers finite, as in
+    the recipe (an infinite damping reaches the Fisher inverse as a LinAlgError otherwise)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -77,11 +77,15 @@ def check_fits(numels: List[int], block_size: int, world: int, free: int, device
 class ObertSettings(StrictSettings):
     """``pruning.obert``: the oBERT settings (defaults: the oBERT MNLI/QQP recipes, see docs/criteria.md)."""
 
-    num_grads: int = Field(default=1024, ge=1, description="mini-batch gradients per mask update (m)")
-    block_size: int = Field(default=50, ge=1, description="weights per diagonal Fisher block (B)")
-    damping: float = Field(default=1e-7, gt=0, description="lambda in F = lambda I + (1/m) sum g g^T")
+    # oBERT uses 1024 gradients; a million is a million backward passes per mask update
+    num_grads: int = Field(default=1024, ge=1, le=10**6, description="mini-batch gradients per mask update (m)")
+    # a block of B weights costs B^2 floats per B weights: 4096 already needs 16 KiB per weight
+    block_size: int = Field(default=50, ge=1, le=4096, description="weights per diagonal Fisher block (B)")
+    # a damping above 1e6 drowns the gradient term: the scores become plain magnitudes
+    damping: float = Field(default=1e-7, gt=0, le=1e6, description="lambda in F = lambda I + (1/m) sum g g^T")
     weight_update: bool = Field(default=True, description="apply the OBS correction to the surviving weights")
-    grad_batch_size: Optional[int] = Field(default=None, ge=1, description="samples per gradient over all "
+    # the same bound as training.batch_size
+    grad_batch_size: Optional[int] = Field(default=None, ge=1, le=2**24, description="samples per gradient over all "
                                            "ranks; default training.batch_size")
 
 

@@ -6,6 +6,7 @@ from typing import Any, Dict, Type
 from pydantic import BaseModel, ValidationError
 
 from dstrain.errors import ConfigError
+from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.tasks.base import Task
 
 IMAGE_TASKS = ("digits", "imagefolder", "synthetic", "fashion_mnist")
@@ -23,7 +24,7 @@ def _config_class(name: Any, field: str) -> Type[BaseModel]:
         return GlueTaskConfig
     if name is None:
         raise ConfigError(f"{field}.name", "is missing", f"name the task: one of {', '.join(TASKS)}")
-    raise ConfigError(f"{field}.name", f"unknown task {name!r}", f"use one of {', '.join(TASKS)}")
+    raise ConfigError(f"{field}.name", f"unknown task {shown(name)}", f"use one of {', '.join(TASKS)}")
 
 
 def validate_task_config(config: Any, field: str = "task") -> BaseModel:
@@ -32,17 +33,17 @@ def validate_task_config(config: Any, field: str = "task") -> BaseModel:
     Recipes call this at load time so a bad ``task`` fails before any data or model is built.
     """
     if not isinstance(config, dict):
-        raise ConfigError(field, f"{config!r} is not a mapping", "write e.g. task: {name: digits}")
+        raise ConfigError(field, f"{shown(config)} is not a mapping", "write e.g. task: {name: digits}")
     cls = _config_class(config.get("name"), field)
     try:
         validated = cls.model_validate(config)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-        value = first.get("input")
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        loc = ".".join(clip(str(p), 80) for p in first["loc"] if not str(p).startswith("function-"))
+        msg = ("unknown key" if first["type"] == "extra_forbidden"
+               else pydantic_problem(first) or clip(first["msg"].removeprefix("Value error, "), 400))
         fix = ("remove it or check its spelling against docs/recipes.md (Recipe format)" if first["type"] == "extra_forbidden"
-               else f"got {value!r}; see docs/recipes.md (Recipe format)")
+               else pydantic_fix(first) or f"got {shown(first.get('input'))}; see docs/recipes.md (Recipe format)")
         raise ConfigError(f"{field}.{loc}", msg, fix) from None
     check_options = getattr(validated, "check_options", None)
     if check_options is not None:

@@ -42,16 +42,18 @@ class GlueTaskConfig(BaseModel):
     """The recipe's ``task`` section for GLUE."""
 
     # protected_namespaces=(): allow the field name ``model_dir``.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
+    # allow_inf_nan=False: every number finite, as in the rest of the recipe.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, allow_inf_nan=False)
 
     name: Literal["glue"] = "glue"
     glue_task: str
     model_dir: str
     data_dir: str
     tokenizer_dir: Optional[str] = None
-    max_length: int = Field(default=128, gt=0)
+    # 65536 tokens is far past any BERT-family position table (512); the bound keeps padding finite
+    max_length: int = Field(default=128, gt=0, le=65536)
     eval_split: Optional[str] = None
-    pad_to_multiple_of: Optional[int] = Field(default=None, gt=0)
+    pad_to_multiple_of: Optional[int] = Field(default=None, gt=0, le=65536)
 
     @field_validator("glue_task")
     @classmethod

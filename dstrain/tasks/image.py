@@ -14,21 +14,27 @@ from dstrain.tasks.base import Task
 
 
 class ImageTaskConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """The recipe's ``task`` section for image classification; numbers finite and in ranges a run can reach."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: Literal["digits", "imagefolder", "synthetic", "fashion_mnist"] = "digits"
     arch: str = "small_resnet"
     arch_options: Dict[str, Any] = Field(default_factory=dict)
     data_dir: Optional[str] = Field(default=None, description="imagefolder: the ImageNet-layout root; "
                                     "fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist)")
-    num_classes: Optional[int] = Field(default=None, ge=2, description="default: the data's class count")
-    image_size: int = Field(default=224, gt=0)
+    # a million classes is ten times the largest public label sets; more only overflows the classifier
+    num_classes: Optional[int] = Field(default=None, ge=2, le=1_000_000, description="default: the data's class count")
+    # 8192 x 8192 is beyond any classification data set; larger sizes overflow the first batch's tensor
+    image_size: int = Field(default=224, gt=0, le=8192)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     channels_last: bool = False
     compile: bool = Field(default=False, description="torch.compile the model through DeepSpeed's engine.compile()")
-    num_workers: int = Field(default=0, ge=0)
+    # data-loader processes per rank: more than any machine's cores
+    num_workers: int = Field(default=0, ge=0, le=256)
     pin_memory: Optional[bool] = Field(default=None, description="page-locked batches; default: on with CUDA")
-    synthetic_size: int = Field(default=10_000, gt=0, description="examples per epoch for name: synthetic")
+    # a billion synthetic images per epoch is beyond any throughput benchmark
+    synthetic_size: int = Field(default=10_000, gt=0, le=10**9, description="examples per epoch for name: synthetic")
     bad_images: Literal["prescan", "skip"] = Field(
         default="prescan", description="imagefolder: 'prescan' decodes every image before training and stops "
         "on the first unreadable one (safe; minutes for ImageNet); 'skip' skips and counts unreadable "
