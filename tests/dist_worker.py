@@ -114,6 +114,7 @@ def main() -> None:
     state["collectives_in_obert_updates"] = torch.tensor(counter.obert_count)
     state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
     state["steps_watched"] = torch.tensor(watch.steps)
+    state["teacher_partitioned"] = torch.tensor(type(trainer.teacher).__name__ == "PartitionedTeacher")
     state["pruned_nonzero_any_step"] = torch.tensor(watch.nonzero)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
     distributed.shutdown()  # as launch/train.py does

@@ -97,6 +97,32 @@ def whole_model(engine: Any, stage: int) -> Iterator[nn.Module]:
         yield engine.module
 
 
+class PartitionedTeacher:
+    """A frozen distillation teacher partitioned by ZeRO-3 like the student, so a teacher as large as
+    the student fits: an engine without an optimizer, called like the model.
+
+    Why release after each call: a forward without a backward leaves DeepSpeed's gathered copies in
+    place (nothing frees them), which would keep the whole teacher on every rank.
+    """
+
+    def __init__(self, teacher: nn.Module, ds_config: Dict[str, Any]) -> None:
+        import deepspeed
+
+        config = {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "train_batch_size",
+                                                  "gradient_accumulation_steps", "bf16", "fp16") if key in ds_config}
+        config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+        self.engine, *_ = deepspeed.initialize(model=teacher, config=config)
+        self.engine.eval()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.engine(*args, **kwargs)
+        self.engine.empty_partition_cache()
+        return out
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.engine.module.parameters()
+
+
 def _criterion(recipe: Any, registry: MaskRegistry, log: Callable[[str], None]) -> Criterion:
     criterion = build_criterion(recipe.pruning, registry)
     for line in criterion.describe():

@@ -25,7 +25,7 @@ from dstrain.run import resume as dstresume
 from dstrain.run.checkpoints import CheckpointStore
 from dstrain.run.clock import TrainingClock
 from dstrain.run.dsconfig import precision, resolve_ds_config, zero_stage
-from dstrain.run.engine import build_engine, whole_model
+from dstrain.run.engine import PartitionedTeacher, build_engine, whole_model
 from dstrain.run.guard import DivergenceGuard
 from dstrain.run.loaders import build_loaders, epoch_batches, gradient_batches
 from dstrain.run.lock import RunLock
@@ -94,7 +94,8 @@ class SparseTrainer:
         if spec is None:
             return None
         dtype = next(self.engine.module.parameters()).dtype
-        return frozen_teacher(self.task.build_teacher(spec.teacher), self.device, dtype)
+        teacher = frozen_teacher(self.task.build_teacher(spec.teacher), self.device, dtype)
+        return PartitionedTeacher(teacher, self.ds_config) if self.zero_stage == 3 else teacher
 
     # --- one step ------------------------------------------------------------------------
     def _loss(self, batch: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
