@@ -141,3 +141,16 @@ def test_distillation_with_a_partitioned_teacher_matches_one_process(tmp_path):
             assert torch.equal(value, ranks[0]["state"][key]), key
         else:
             torch.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("config", ["zero3_bf16.json", "zero3_offload_cpu.json"])
+def test_the_shipped_stage_3_configs_train_with_their_settings(config, tmp_path):
+    """launch/configs/zero3_*.json as shipped (bf16; the second with the optimizer offloaded to the CPU), on 2 ranks."""
+    import json
+
+    ds_config = json.loads((Path(__file__).resolve().parent.parent / "launch" / "configs" / config).read_text())
+    ranks = launch({"recipe": tiny_recipe(**{"training.epochs": 2}).model_dump(), "ds_config": ds_config,
+                    "out": str(tmp_path / "d"), "watch_every_step": True, "options": {"max_steps": 12}}, tmp_path)
+    for rank in ranks:
+        assert rank["result"]["steps"] == 12 and int(rank["state"]["pruned_nonzero_any_step"]) == 0
+        assert int(rank["state"]["masked_masters"]) > 0

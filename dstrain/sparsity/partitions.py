@@ -84,7 +84,24 @@ class PartitionMasks:
         for master, flat, view in _partitions_of(engine_optimizer):
             mask = torch.ones(master.shape, dtype=torch.bool, device=master.device)
             self.partitions[id(master)] = _Partition(master, flat, view, mask)
+        self.shared = bool(getattr(registry, "partitioned", False)) and bool(self.partitions)
         self.refresh()
+        if self.shared:
+            self._share_registry_masks()
+
+    @torch.no_grad()
+    def _share_registry_masks(self) -> None:
+        """ZeRO-3: make each registry mask a view of its place in the master's flat mask (one byte per owned
+        weight, not two); from then on a mask update writes the optimizer's masks directly."""
+        for part in self.partitions.values():
+            flat_mask = part.mask.view(-1)
+            for name, local in self.registry.params.items():
+                offset = _offset(local.data, part.flat)
+                if offset is not None:
+                    flat_mask[offset:offset + local.numel()] = self.registry.masks[name]
+                    self.registry.masks[name] = flat_mask[offset:offset + local.numel()]
+                    part.prunable = True
+        self.registry._reindex()
 
     @property
     def flattened(self) -> bool:
@@ -94,6 +111,8 @@ class PartitionMasks:
     @torch.no_grad()
     def refresh(self) -> None:
         """Re-slice the registry's masks into every partition (after each mask update)."""
+        if getattr(self, "shared", False):
+            return  # ZeRO-3: the registry's masks are views of the partitions' masks
         for part in self.partitions.values():
             start = _offset(part.view, part.flat)
             end = start + part.view.numel()
