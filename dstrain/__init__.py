@@ -5,18 +5,35 @@ criteria that choose them, schedules, masked optimizers, the recipe scheduler
 (:class:`SparsityController`) and the DeepSpeed trainer (:class:`SparseTrainer`).
 """
 from dstrain.errors import ConfigError
-from dstrain.export import export_sparse_model, load_compressed, save_compressed, swap_to_semi_structured
+from dstrain.export import (
+    export_sparse_model,
+    load_compressed,
+    save_compressed,
+    swap_to_semi_structured,
+)
 from dstrain.optim import MaskedAdamW, MaskedSGD, masked_adamw, masked_sgd
 from dstrain.recipe import Recipe, dump_recipe, load_recipe, parse_recipe
 from dstrain.run.dsconfig import validate_ds_config
 from dstrain.run.manifest import CheckpointDamaged, verify_checkpoint
 from dstrain.run.options import TrainerCallback, TrainerOptions
 from dstrain.run.trainer import SparseTrainer
-from dstrain.schedules import ACDC, Constant, Dense, Gradual, LRSchedule, OneShot, SparsitySchedule
+from dstrain.schedules import (
+    ACDC,
+    Constant,
+    Dense,
+    Gradual,
+    LRSchedule,
+    OneShot,
+    SparsitySchedule,
+)
 from dstrain.sparsity.controller import SparsityController
 from dstrain.sparsity.criterion import CRITERIA, Criterion, DataHooks, build_criterion
 from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
-from dstrain.sparsity.magnitude import MagnitudeCriterion, global_magnitude_masks, layerwise_magnitude_masks
+from dstrain.sparsity.magnitude import (
+    MagnitudeCriterion,
+    global_magnitude_masks,
+    layerwise_magnitude_masks,
+)
 from dstrain.sparsity.nm import is_nm, nm_mask, parse_pattern
 from dstrain.sparsity.obert import ObertCriterion
 from dstrain.sparsity.registry import MaskRegistry, PrunableSelection, select_prunable

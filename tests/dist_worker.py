@@ -13,7 +13,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import weights_and_masks  # noqa: E402
 
-from dstrain import SparseTrainer, TrainerOptions, distributed, parse_recipe  # noqa: E402
+from dstrain import (  # noqa: E402
+    SparseTrainer,
+    TrainerCallback,
+    TrainerOptions,
+    distributed,
+    parse_recipe,
+)
 
 
 class CollectiveCounter:
@@ -68,13 +74,33 @@ class CollectiveCounter:
         return wrapper
 
 
+class InvariantEveryStep(TrainerCallback):
+    """After every compressed step: pruned entries are 0 in the weights (ZeRO-3: the 16-bit partitions),
+    the fp32 masters and every optimizer state buffer of the masters."""
+
+    def __init__(self) -> None:
+        self.steps, self.nonzero = 0, 0
+
+    def on_step_end(self, trainer) -> None:
+        self.steps += 1
+        if not trainer.controller.last_step_compressed:
+            return
+        self.nonzero += trainer.registry.revived()
+        for master, mask in trainer.partition_masks.masters_and_masks():
+            self.nonzero += int((master[~mask] != 0).sum())
+            for value in trainer.client_optimizer.state.get(master, {}).values():
+                if torch.is_tensor(value) and value.shape == master.shape:
+                    self.nonzero += int((value[~mask] != 0).sum())
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     counter = CollectiveCounter()
     out = Path(spec["out"])
     options = TrainerOptions(output_dir=out, ds_config=spec.get("ds_config", {}), progress=False,
                              tensorboard=False, **spec.get("options", {}))
-    trainer = SparseTrainer(parse_recipe(spec["recipe"]), options)
+    watch = InvariantEveryStep()
+    trainer = SparseTrainer(parse_recipe(spec["recipe"]), options, callbacks=[watch] if spec.get("watch_every_step") else [])
     result = trainer.train()
     state = weights_and_masks(trainer)
     state["revived"] = torch.tensor(trainer.registry.revived())
@@ -87,6 +113,9 @@ def main() -> None:
     state["obert_updates"] = torch.tensor(counter.obert_updates)
     state["collectives_in_obert_updates"] = torch.tensor(counter.obert_count)
     state["flattened"] = torch.tensor(trainer.partition_masks.flattened)
+    state["steps_watched"] = torch.tensor(watch.steps)
+    state["teacher_partitioned"] = torch.tensor(type(trainer.teacher).__name__ == "PartitionedTeacher")
+    state["pruned_nonzero_any_step"] = torch.tensor(watch.nonzero)
     torch.save({"state": state, "result": result}, out / f"rank{os.environ.get('RANK', '0')}.pt")
     distributed.shutdown()  # as launch/train.py does
 

@@ -46,8 +46,22 @@ def run(recipe, out: Path, callbacks=(), **options):
 
 
 def weights_and_masks(trainer) -> Dict[str, torch.Tensor]:
-    state = {f"w/{k}": v.detach().clone().float() for k, v in trainer.engine.module.state_dict().items()}
-    state.update({f"m/{k}": v.clone() for k, v in trainer.registry.state_dict().items()})
+    """The model's whole weights and masks (under ZeRO-3 gathered from every rank: a test-only gather)."""
+    if not getattr(trainer.registry, "partitioned", False):
+        state = {f"w/{k}": v.detach().clone().float() for k, v in trainer.engine.module.state_dict().items()}
+        state.update({f"m/{k}": v.clone() for k, v in trainer.registry.state_dict().items()})
+        return state
+    import deepspeed
+    import torch.distributed as dist
+
+    module = trainer.engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        state = {f"w/{k}": v.detach().clone().float() for k, v in module.state_dict().items()}
+    reg = trainer.registry
+    for name, mask in reg.masks.items():
+        parts = [None] * reg.world
+        dist.all_gather_object(parts, mask.cpu())
+        state[f"m/{name}"] = torch.cat(parts).reshape(reg.full_shapes[name])
     return state
 
 

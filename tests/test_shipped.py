@@ -30,7 +30,6 @@ bench/resnet50_synthetic_sparse90.yaml in the first mask update (pruning.py's ma
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import sys
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO / "launch"))
 from train import main  # noqa: E402  (launch/train.py: the real entry point)
 
 from dstrain.sparsity.nm import is_nm, nm_eligible, parse_pattern  # noqa: E402
+from dstrain.testing.glue import WORDS, write_tiny_glue  # noqa: E402
 
 
 # --- stand-in data, built once per session ---------------------------------------------------------
@@ -93,42 +93,6 @@ class StandIns:
             tok.save_pretrained(path)
 
         return self._once(f"bert_{task}", build)
-
-
-WORDS = ["the", "film", "cast", "plot", "was", "very", "dull", "great", "is", "not", "a", "story", "good", "bad"]
-
-
-def write_tiny_glue(root: Path, task: str, n_train: int = 32, n_eval: int = 16) -> None:
-    """GLUE TSVs for ``task`` in the original download's layout (columns, header, labels from its spec)."""
-    from dstrain.data.glue import get_task_spec
-
-    spec = get_task_spec(task)
-    layout = spec.tsv
-    rng = random.Random(0)
-    labels = list(layout.label_map) if layout.label_map else None
-    folder = root / layout.dirname
-    folder.mkdir(parents=True)
-    for split, filename in layout.split_files.items():
-        n = n_train if split == "train" else n_eval
-        if layout.has_header:
-            columns = list(layout.columns.values()) + [layout.label_column]
-            rows = [columns]
-        else:
-            columns = list(range(max(list(layout.columns.values()) + [layout.label_column]) + 1))
-            rows = []
-        for _ in range(n):
-            row = ["x"] * len(columns)
-            for col in layout.columns.values():
-                row[columns.index(col)] = " ".join(rng.choice(WORDS) for _ in range(6))
-            if labels:
-                label = rng.choice(labels)
-            elif spec.is_regression:
-                label = f"{rng.uniform(0, 5):.2f}"
-            else:
-                label = str(rng.randrange(spec.num_labels))
-            row[columns.index(layout.label_column)] = label
-            rows.append(row)
-        (folder / filename).write_text("\n".join("\t".join(map(str, r)) for r in rows) + "\n")
 
 
 def _glue(s: StandIns, recipe: Dict[str, Any]) -> Dict[str, Any]:

@@ -17,8 +17,18 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _runtime
-from ._tl import (ALIGN_BYTES, GRAD_KINDS, block_offsets, fma, grad_ptr, load_block, load_keep, mask_ptr, store_block,
-                  typed_ptr)
+from ._tl import (
+    ALIGN_BYTES,
+    GRAD_KINDS,
+    block_offsets,
+    fma,
+    grad_ptr,
+    load_block,
+    load_keep,
+    mask_ptr,
+    store_block,
+    typed_ptr,
+)
 from .bitmask import Mask, mask_kind, mask_storage
 from .multi_tensor import LaunchGroup, group_indices, is_aligned
 from .validate import GRAD_DTYPES, check_lengths, check_like, check_mask, check_param

@@ -17,10 +17,14 @@ holds the pieces :mod:`dstrain.kernels.select` (the Triton histogram version) sh
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+HistReduce = Optional[Callable[[Tensor], None]]
+"""Sums a pass's histogram in place over every process holding a share of the tensors (an
+all-reduce), so that several ranks select the k-th smallest of their union; None: one process."""
 
 PASSES: Tuple[Tuple[int, int], ...] = ((23, 8), (15, 8), (7, 8), (0, 7))
 """(shift, width) of each digit, most significant first; together bits 0..30 of |w|."""
@@ -61,9 +65,13 @@ def bits_to_float(bits: int) -> float:
     return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0])
 
 
-def kth_smallest_abs_torch(tensors: Sequence[Tensor], k: int) -> float:
-    """Radix select in plain torch (bincount per tensor per pass); exact, any device."""
-    check_select_inputs(tensors, k)
+def kth_smallest_abs_torch(tensors: Sequence[Tensor], k: int, reduce: HistReduce = None) -> float:
+    """Radix select in plain torch (bincount per tensor per pass); exact, any device.
+
+    With ``reduce``, ``tensors`` are this process's share and ``k`` ranks the union of all shares.
+    """
+    if reduce is None:
+        check_select_inputs(tensors, k)
     k = int(k)
     prefix = 0
     for level, (shift, width) in enumerate(PASSES):
@@ -75,6 +83,10 @@ def kth_smallest_abs_torch(tensors: Sequence[Tensor], k: int) -> float:
                 bits = bits[(bits >> (shift + width)) == prefix]
             h = torch.bincount((bits >> shift) & (n_bins - 1), minlength=n_bins)
             hist = h if hist is None else hist + h
+        if hist is None:  # a share with no tensors
+            hist = torch.zeros(n_bins, dtype=torch.int64)
+        if reduce is not None:
+            reduce(hist)
         digit, k = pick_digit(hist, k)
         prefix = (prefix << width) | digit
     return bits_to_float(prefix)

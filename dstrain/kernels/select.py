@@ -18,7 +18,14 @@ from torch import Tensor
 from . import _runtime
 from ._tl import GRAD_KINDS, block_offsets, grad_ptr, load_block
 from .multi_tensor import build_work_list, is_aligned
-from .radix_select import PASSES, bits_to_float, check_select_inputs, pick_digit, kth_smallest_abs_torch
+from .radix_select import (
+    PASSES,
+    HistReduce,
+    bits_to_float,
+    check_select_inputs,
+    kth_smallest_abs_torch,
+    pick_digit,
+)
 
 _HIST_BLOCK_GPU = 1024
 _MAX_TRITON_ELEMENTS = 2**31 - 1  # int32 histogram counts
@@ -68,15 +75,15 @@ def _radix_hist_kernel(work_tid, work_start, numels, x_tab, hist, prefix,
     tl.atomic_add(hist + tl.arange(0, N_BINS), acc, mask=acc != 0)
 
 
-def kth_smallest_abs_triton(tensors: Sequence[Tensor], k: int) -> float:
+def kth_smallest_abs_triton(tensors: Sequence[Tensor], k: int, reduce: HistReduce = None) -> float:
     """Radix select with Triton histogram kernels (one multi-tensor launch per pass).
 
     fp32/bf16/fp16 tensors; they are made contiguous (a copy) if needed, since the
     kernel reads flat memory.  CUDA tensors compiled; CPU tensors under the interpreter.
     """
-    total = check_select_inputs(tensors, k)
+    total = check_select_inputs(tensors, k) if reduce is None else sum(int(t.numel()) for t in tensors)
     if total > _MAX_TRITON_ELEMENTS:
-        return kth_smallest_abs_torch(tensors, k)
+        return kth_smallest_abs_torch(tensors, k, reduce)
     k = int(k)
     device = tensors[0].device
     xs: List[Tensor] = []
@@ -103,21 +110,26 @@ def kth_smallest_abs_triton(tensors: Sequence[Tensor], k: int) -> float:
                 wl.work_tid, wl.work_start, wl.numels, wl.tables[0], hist, prefix,
                 CHUNK=chunk, BLOCK=block, X_KIND=kind, SHIFT=shift, WIDTH=width, FILTER=level > 0, ALIGNED=aligned,
                 **launch_opts)
+        if reduce is not None:
+            reduce(hist)
         digit, k = pick_digit(hist, k)
         prefix = (prefix << width) | digit
     return bits_to_float(prefix)
 
 
-def kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> float:
+def kth_smallest_abs(tensors: Sequence[Tensor], k: int, reduce: HistReduce = None) -> float:
     """Exact k-th smallest ``|w|`` (1-based) over all elements of ``tensors``.
 
     Equals ``torch.kthvalue(torch.cat([t.reshape(-1).abs().float() for t in tensors]), k)``
     without building that concatenation or sorting it.  Triton histograms for CUDA
     fp32/bf16/fp16 tensors; the same algorithm in torch otherwise.  ValueError if
-    ``k`` is not in ``[1, total elements]`` or the tensors span several devices.
+    ``k`` is not in ``[1, total elements]`` or the tensors span several devices.  With
+    ``reduce`` (an in-place all-reduce of each pass's histogram) the tensors are this
+    process's share and ``k`` ranks the union of every process's share (ZeRO-3 partitions).
     """
-    check_select_inputs(tensors, k)
-    if (not _runtime.INTERPRET and tensors[0].is_cuda
+    if reduce is None:
+        check_select_inputs(tensors, k)
+    if (tensors and not _runtime.INTERPRET and tensors[0].is_cuda
             and all(t.dtype in GRAD_KINDS for t in tensors)):
-        return kth_smallest_abs_triton(tensors, k)
-    return kth_smallest_abs_torch(tensors, k)
+        return kth_smallest_abs_triton(tensors, k, reduce)
+    return kth_smallest_abs_torch(tensors, k, reduce)

@@ -99,6 +99,8 @@ def check_cross_fields(recipe: "Recipe", source: str) -> None:
         raise ConfigError(f"{source}: lr_schedule.min_lr", f"{recipe.lr_schedule.min_lr:g} is above optimizer.lr "
                           f"({recipe.optimizer.lr:g}): the LR would rise during training",
                           "set min_lr <= lr (e.g. lr / 10, or 0)")
-    from dstrain.tasks import check_task_config  # the task section is validated by its task's own schema
+    from dstrain.tasks import (
+        check_task_config,  # the task section is validated by its task's own schema
+    )
 
     check_task_config(recipe.task, f"{source}: task")

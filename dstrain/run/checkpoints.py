@@ -22,7 +22,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dstrain import distributed as dstdist
 from dstrain.errors import ConfigError
-from dstrain.run.manifest import MANIFEST, CheckpointDamaged, read_manifest, verify_checkpoint, write_manifest
+from dstrain.run.manifest import (
+    MANIFEST,
+    CheckpointDamaged,
+    read_manifest,
+    verify_checkpoint,
+    write_manifest,
+)
 
 MARKER = MANIFEST  # the manifest is the completion marker
 STAGING = ".staging"

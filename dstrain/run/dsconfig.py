@@ -14,7 +14,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 
 from dstrain.errors import ConfigError
 
@@ -26,7 +34,7 @@ FIXES = {
     "train_micro_batch_size_per_gpu": '"auto" or a positive integer',
     "gradient_accumulation_steps": '"auto" or a positive integer',
     "zero_optimization": 'an object such as {"stage": 2}',
-    "zero_optimization.stage": "0, 1 or 2 (an integer; stage 3 is refused later with its reason)",
+    "zero_optimization.stage": "0, 1, 2 or 3 (an integer)",
     "bf16": 'an object such as {"enabled": true}',
     "fp16": 'an object such as {"enabled": false}',
     "bf16.enabled": "true or false",
@@ -128,10 +136,10 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Any, world: int, device
     cfg["train_micro_batch_size_per_gpu"] = int(micro)
     stage = zero_stage(cfg)
     if stage == 3:
-        raise ConfigError("ds_config.zero_optimization.stage",
-                          "ZeRO stage 3 is not supported: parameters are gathered on the fly, so masks "
-                          "cannot be applied in the fused optimizer step",
-                          "use stage 1 or 2 (optimizer state and gradients are still partitioned)")
+        # A persistent parameter keeps a full copy beside its partition, which a mask update (made on the
+        # partitions) cannot reach before the next step: dstrain's default makes none persistent, and a
+        # config that does is checked against the prunable weights (dstrain/sparsity/zero3.py).
+        cfg["zero_optimization"].setdefault("stage3_param_persistence_threshold", 0)
     if "optimizer" in cfg or "scheduler" in cfg:
         raise ConfigError("ds_config.optimizer", "the optimizer and LR schedule come from the recipe",
                           "remove 'optimizer' and 'scheduler' from ds_config.json")
@@ -140,7 +148,7 @@ def resolve_ds_config(ds_config: Dict[str, Any], recipe: Any, world: int, device
                           "(loss stays at chance even for a dense model in our checks)",
                           'use "bf16": {"enabled": true} on CPU; fp16 with loss scaling is for GPUs')
     cfg["gradient_clipping"] = _gradient_clipping(cfg, recipe)
-    if stage in (1, 2):
+    if stage in (1, 2, 3):
         cfg.setdefault("zero_allow_untested_optimizer", True)
     cfg.setdefault("steps_per_print", 10**9)
     return cfg

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from dstrain import export as ex
-from dstrain.run.checkpoints import MARKER, complete_checkpoints
 from dstrain.errors import ConfigError
+from dstrain.run.checkpoints import MARKER, complete_checkpoints
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ARG = "RUN_OR_CHECKPOINT"
@@ -54,7 +54,25 @@ def read_checkpoint(checkpoint: Path) -> Tuple[Dict[str, Tensor], Dict[str, Any]
     data = torch.load(files[0], map_location="cpu", weights_only=False)
     if "module" not in data or "recipe" not in data:
         raise ConfigError(ARG, f"{files[0]} lacks the model or the recipe", "pass a checkpoint written by dstrain train")
+    if _zero_stage(checkpoint) == 3:  # the model file holds placeholders: every rank kept only its partition
+        return _whole_from_partitions(checkpoint), dict(data["recipe"])
     return dict(data["module"]), dict(data["recipe"])
+
+
+def _zero_stage(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / MARKER).read_text()).get("zero_stage", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _whole_from_partitions(checkpoint: Path) -> Dict[str, Tensor]:
+    """The whole model of a ZeRO-3 checkpoint, joined from every rank's fp32 partition by DeepSpeed's own
+    ``zero_to_fp32`` (pruned weights are exact zeros there: the masked step wrote them)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    return {k: v.contiguous() for k, v in state.items()}
 
 
 def _image_shapes(state: Dict[str, Tensor]) -> Tuple[int, int]:

@@ -20,26 +20,25 @@ from torch import nn
 from dstrain import distributed as dstdist
 from dstrain.distill import distillation_loss
 from dstrain.errors import ConfigError
-from dstrain.optim.factory import build_optimizer
 from dstrain.recipe import Recipe, check_schedule_positions
 from dstrain.run import resume as dstresume
 from dstrain.run.checkpoints import CheckpointStore
 from dstrain.run.clock import TrainingClock
 from dstrain.run.dsconfig import precision, resolve_ds_config, zero_stage
+from dstrain.run.engine import PartitionedTeacher, build_engine, whole_model
 from dstrain.run.guard import DivergenceGuard
 from dstrain.run.loaders import build_loaders, epoch_batches, gradient_batches
 from dstrain.run.lock import RunLock
 from dstrain.run.logbook import Logbook
 from dstrain.run.manifest import read_manifest
 from dstrain.run.options import TrainerCallback, TrainerOptions
-from dstrain.run.placement import apply_channels_last, frozen_teacher, match_buffer_dtype
+from dstrain.run.placement import (
+    frozen_teacher,
+)
 from dstrain.run.preflight import check_run_options
 from dstrain.run.rundir import RunDir
 from dstrain.run.seeding import capture_rng, restore_rng, seed_everything
-from dstrain.sparsity.controller import SparsityController
-from dstrain.sparsity.criterion import DataHooks, build_criterion
-from dstrain.sparsity.partitions import PartitionMasks
-from dstrain.sparsity.registry import MaskRegistry, PrunableSelection
+from dstrain.sparsity.criterion import DataHooks
 from dstrain.tasks import Task, build_task
 
 
@@ -57,8 +56,6 @@ class SparseTrainer:
 
     # --- set-up -------------------------------------------------------------------------
     def _build(self) -> None:
-        import deepspeed
-
         recipe, options = self.recipe, self.options
         self.rank, self.world, self.device = dstdist.rank(), dstdist.world_size(), dstdist.device()
         self.logbook = Logbook(self.run_dir, self.rank == 0)
@@ -77,26 +74,11 @@ class SparseTrainer:
         # step-unit schedule positions can only be checked now that an epoch's length is known
         check_schedule_positions(recipe, f"recipe {recipe.name}", self.steps_per_epoch)
 
-        self.registry = MaskRegistry(model, PrunableSelection.from_pruning(recipe.pruning))
-        self.criterion = build_criterion(recipe.pruning, self.registry)
-        for line in self.criterion.describe():
-            self.log(line)
-        client_optimizer = build_optimizer(model, recipe)
-        client_optimizer.set_mask_source(self.registry.mask_for)
-        self.controller = SparsityController(recipe, self.registry, client_optimizer, self.steps_per_epoch,
-                                             self.criterion, will_attach=True)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=client_optimizer, lr_scheduler=self.controller, config=self.ds_config)
-        self.client_optimizer = client_optimizer
-        match_buffer_dtype(self.engine.module, self.device)
-        if getattr(getattr(self.task, "config", None), "compile", False):
-            self.engine.compile()  # in place: parameters (and so masks) are unchanged
-        # ZeRO-1/2 and mixed precision hand the optimizer flat fp32 partitions: give it their masks.
-        self.partition_masks = PartitionMasks(self.optimizer, self.registry)
-        self.weights_channels_last = self.task.channels_last and apply_channels_last(
-            self.engine.module, self.registry, self.partition_masks.flattened, recipe.optimizer.backend, self.log)
-        client_optimizer.set_mask_source(self.partition_masks.mask_for)
-        self.controller.on_masks_updated = self.partition_masks.refresh
+        built = build_engine(model, self.task, recipe, self.ds_config, self.steps_per_epoch, self.zero_stage,
+                             self.device, self.log)
+        self.engine, self.optimizer, self.client_optimizer = built.engine, built.optimizer, built.client_optimizer
+        self.registry, self.criterion, self.controller = built.registry, built.criterion, built.controller
+        self.partition_masks, self.weights_channels_last = built.partition_masks, built.weights_channels_last
         self.teacher = self._build_teacher()
         self.guard = DivergenceGuard(recipe.training.guard, self.device, recipe.optimizer.lr, self._newest_checkpoint)
         if self.criterion.needs_data:
@@ -112,7 +94,8 @@ class SparseTrainer:
         if spec is None:
             return None
         dtype = next(self.engine.module.parameters()).dtype
-        return frozen_teacher(self.task.build_teacher(spec.teacher), self.device, dtype)
+        teacher = frozen_teacher(self.task.build_teacher(spec.teacher), self.device, dtype)
+        return PartitionedTeacher(teacher, self.ds_config) if self.zero_stage == 3 else teacher
 
     # --- one step ------------------------------------------------------------------------
     def _loss(self, batch: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
@@ -338,9 +321,11 @@ class SparseTrainer:
             **self.clock.rates(self.recipe.training.batch_size),
             **self.criterion.result(),
         }
+        if not stopped_early:
+            with whole_model(self.engine, self.zero_stage) as module:  # every rank: a ZeRO-3 gather
+                if self.rank == 0 and self.task.export(module, str(self.run_dir.final_model)):
+                    result["exported_to"] = str(self.run_dir.final_model)
         if self.rank == 0:
-            if not stopped_early and self.task.export(self.engine.module, str(self.run_dir.final_model)):
-                result["exported_to"] = str(self.run_dir.final_model)
             self.run_dir.result.write_text(json.dumps(result, indent=2))
         return result
 

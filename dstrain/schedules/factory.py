@@ -10,7 +10,14 @@ from typing import Any, Callable, Tuple
 
 from dstrain.errors import ConfigError
 from dstrain.schedules.lr import LRSchedule
-from dstrain.schedules.sparsity import ACDC, Constant, Dense, Gradual, OneShot, SparsitySchedule
+from dstrain.schedules.sparsity import (
+    ACDC,
+    Constant,
+    Dense,
+    Gradual,
+    OneShot,
+    SparsitySchedule,
+)
 
 
 #: Most LR restarts (mask updates under lr_schedule.rewind_at_pruning): the schedule holds them as

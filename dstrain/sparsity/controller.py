@@ -37,9 +37,12 @@ class SparsityController:
         criterion: Optional[Criterion] = None,
         on_masks_updated: Optional[Callable[[], None]] = None,
         will_attach: bool = False,
+        defer: bool = False,
     ) -> None:
         """``will_attach``: the caller gives a data-driven criterion its :class:`~dstrain.sparsity.criterion.DataHooks`
-        before the first step (the trainer does); without it such a criterion is refused here."""
+        before the first step (the trainer does); without it such a criterion is refused here.
+        ``defer``: make the step-0 masks at the first :meth:`begin_step`, not here (ZeRO-3: the
+        registry's partitions exist only once DeepSpeed has partitioned the model)."""
         self.recipe = recipe
         self.registry = registry
         self.optimizer = optimizer
@@ -54,11 +57,11 @@ class SparsityController:
         self._last_lr = [self.lr(0)]
         # A data-driven criterion (oBERT) needs the engine and data, which do not exist yet:
         # its first mask update waits for the first begin_step(), after the trainer attached it.
-        deferred = self.criterion.needs_data
-        if deferred and not will_attach:
+        if self.criterion.needs_data and not will_attach:
             raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss, which "
                               "only dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
                               "train with SparseTrainer, or use criterion: magnitude here")
+        deferred = self.criterion.needs_data or defer
         self._pending = False
         self._prepare(0, recompute=not deferred)
         self._pending = deferred

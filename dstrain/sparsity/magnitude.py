@@ -14,8 +14,17 @@ import torch
 from torch import Tensor
 
 from dstrain.sparsity.criterion import Criterion
-from dstrain.sparsity.nm import dense_layers, nm_eligible, nm_masks, parse_pattern, registry_is_nm
+from dstrain.sparsity.nm import (
+    dense_layers,
+    is_nm,
+    nm_mask,
+    nm_masks,
+    parse_pattern,
+    registry_is_nm,
+    shape_nm_eligible,
+)
 from dstrain.sparsity.registry import MaskRegistry
+from dstrain.sparsity.zero3 import local_tie_break
 
 KthSelector = Callable[[Sequence[Tensor], int], float]
 """Returns the exact k-th smallest |w| (1-based) over all elements of the given tensors."""
@@ -36,7 +45,9 @@ def default_selector(tensors: Sequence[Tensor]) -> KthSelector:
     torch.kthvalue on the CPU for ResNet50/BERT-base-sized models (benchmarks/), and
     kthvalue is far slower still on GPU (docs/kernels.md).
     """
-    from dstrain.kernels import kth_smallest_abs
+    from dstrain.kernels import (
+        kth_smallest_abs,  # on first use: importing the kernels reads their settings
+    )
 
     return kth_smallest_abs
 
@@ -48,8 +59,14 @@ def num_to_prune(numel: int, sparsity: float) -> int:
     return int(round(sparsity * numel))
 
 
-def masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelector) -> List[Tensor]:
-    """Prune exactly ``k`` smallest-magnitude elements across ``tensors``."""
+def masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelector,
+                          partition: Optional[Any] = None) -> List[Tensor]:
+    """Prune exactly ``k`` smallest-magnitude elements across ``tensors``.
+
+    ``partition`` (a :class:`~dstrain.sparsity.zero3.PartitionedMaskRegistry`): ``tensors`` are
+    this rank's ZeRO-3 shares and ``k`` counts over every rank's; counts are all-reduced and
+    ties shared out in the single-process order, so the masks equal one process's.
+    """
     if k <= 0:
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
     threshold = selector(tensors, k)
@@ -60,6 +77,9 @@ def masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelect
         below = mag < threshold
         masks.append(~below)
         below_counts.append(int(below.sum()))
+    if partition is not None:
+        return _prune_ties_across_ranks(tensors, masks, k - partition.count_total(sum(below_counts)), threshold,
+                                        partition)
     ties_to_prune = k - sum(below_counts)
     for t, mask in zip(tensors, masks):
         if ties_to_prune <= 0:
@@ -71,6 +91,17 @@ def masks_below_threshold(tensors: Sequence[Tensor], k: int, selector: KthSelect
         idx = torch.nonzero(equal, as_tuple=False).reshape(-1)[:ties_to_prune]
         mask[torch.unravel_index(idx, mask.shape)] = False
         ties_to_prune -= idx.numel()
+    return masks
+
+
+def _prune_ties_across_ranks(tensors: Sequence[Tensor], masks: List[Tensor], ties_to_prune: int, threshold: float,
+                             partition: Any) -> List[Tensor]:
+    equal = [t.detach().abs().float() == threshold for t in tensors]
+    counts = partition.gather_counts([int(e.sum()) for e in equal])
+    for mask, eq, take in zip(masks, equal, local_tie_break(counts, ties_to_prune, partition.rank)):
+        if take:
+            idx = torch.nonzero(eq.reshape(-1), as_tuple=False).reshape(-1)[:take]
+            mask.view(-1)[idx] = False  # partitions are flat: the flat index is the element
     return masks
 
 
@@ -122,6 +153,8 @@ class MagnitudeCriterion(Criterion):
 
     @torch.no_grad()
     def update(self, sparsity: float, step: int = 0) -> float:
+        if getattr(self.registry, "partitioned", False):
+            return self.registry.set_masks(self._partitioned_masks(sparsity))
         tensors = [self.registry.params[n] for n in self.registry.names()]
         if self.nm is not None:  # N:M: per-group magnitude, scope does not apply
             masks = nm_masks(tensors, sparsity, self.nm)
@@ -129,8 +162,37 @@ class MagnitudeCriterion(Criterion):
             masks = SCOPES[self.scope](tensors, sparsity, self.selector)
         return self.registry.set_masks(masks)
 
+    def _partitioned_masks(self, sparsity: float) -> List[Tensor]:
+        """ZeRO-3: the same masks as one process, from this rank's partitions (module docstring of
+        :mod:`dstrain.sparsity.zero3`)."""
+        reg = self.registry
+        names = reg.names()
+        if self.nm is not None:  # groups cross partition boundaries: one gathered layer at a time
+            masks = []
+            for name in names:
+                if sparsity > 0 and shape_nm_eligible(reg.full_shapes[name], self.nm):
+                    with reg.gathered(name) as full:
+                        masks.append(reg.local_part(name, nm_mask(full, self.nm)).clone())
+                else:
+                    masks.append(torch.ones_like(reg.params[name], dtype=torch.bool))
+            return masks
+        kth = default_selector([])
+        selector = self.selector or (lambda ts, k: kth(ts, k, reduce=reg.all_reduce))
+        tensors = [reg.params[n] for n in names]
+        if self.scope == "layerwise":
+            return [masks_below_threshold([t], num_to_prune(reg.full_shapes[n].numel(), sparsity), selector, reg)[0]
+                    for n, t in zip(names, tensors)]
+        return masks_below_threshold(tensors, num_to_prune(reg.numel, sparsity), selector, reg)
+
     def result(self) -> Dict[str, Any]:
         if self.nm is None:
             return {}
-        return {"nm_exact": registry_is_nm(self.registry, self.nm),
-                "nm_dense_layers": sorted(n for n, p in self.registry.params.items() if not nm_eligible(p, self.nm))}
+        dense = sorted(dense_layers(self.registry, self.nm))
+        if not getattr(self.registry, "partitioned", False):
+            return {"nm_exact": registry_is_nm(self.registry, self.nm), "nm_dense_layers": dense}
+        exact = True
+        for name in self.registry.names():  # ZeRO-3: one gathered layer at a time
+            if name not in dense:
+                with self.registry.gathered(name) as full:
+                    exact = exact and is_nm(full, self.nm)
+        return {"nm_exact": exact, "nm_dense_layers": dense}

@@ -59,7 +59,12 @@ def reduction_length(weight: Tensor) -> int:
 
 def nm_eligible(weight: Tensor, pattern: NMPattern) -> bool:
     """Whether ``weight`` can be N:M: 2-D or more, and its reduction length a multiple of M."""
-    return weight.dim() >= 2 and reduction_length(weight) % pattern[1] == 0
+    return shape_nm_eligible(weight.shape, pattern)
+
+
+def shape_nm_eligible(shape: Sequence[int], pattern: NMPattern) -> bool:
+    """:func:`nm_eligible` from a shape alone (a ZeRO-3 partition's parameter is flat; its shape is known)."""
+    return len(shape) >= 2 and int(shape[1]) % pattern[1] == 0
 
 
 def _to_groups_layout(t: Tensor) -> Tensor:
@@ -134,7 +139,8 @@ def nm_masks(tensors: Sequence[Tensor], sparsity: float, pattern: NMPattern) -> 
 
 def dense_layers(registry, pattern: NMPattern) -> Dict[str, Tuple[int, ...]]:
     """Prunable parameters an N:M pattern leaves dense (name -> shape), for the run log."""
-    return {n: tuple(p.shape) for n, p in registry.params.items() if not nm_eligible(p, pattern)}
+    shapes = getattr(registry, "full_shapes", None) or {n: p.shape for n, p in registry.params.items()}
+    return {n: tuple(s) for n, s in shapes.items() if not shape_nm_eligible(s, pattern)}
 
 
 @torch.no_grad()

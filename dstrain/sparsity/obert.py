@@ -31,9 +31,13 @@ from torch import Tensor, nn
 from dstrain.errors import ConfigError
 from dstrain.sparsity.criterion import Criterion, DataHooks, StrictSettings
 from dstrain.sparsity.fisher import BlockFisherInverse, BlockLayout, fisher_bytes
-from dstrain.sparsity.magnitude import KthSelector, default_selector, masks_below_threshold, num_to_prune
+from dstrain.sparsity.magnitude import (
+    KthSelector,
+    default_selector,
+    masks_below_threshold,
+    num_to_prune,
+)
 from dstrain.sparsity.registry import MaskRegistry
-
 
 
 def _world() -> tuple:

@@ -8,7 +8,11 @@ that step.  This module builds, for each fp32 partition, the flat bool mask of
 exactly the elements it holds, by locating every model parameter and the
 partition inside the shared flat buffer (storage offsets; no assumption about
 DeepSpeed's padding or ordering).  The masked optimizer then runs its fused step
-on the partition as it would on a parameter.
+on the partition as it would on a parameter.  Under ZeRO-3 the registry's tensors are
+already this rank's slices of each parameter (:mod:`dstrain.sparsity.zero3`), views into
+DeepSpeed's flat 16-bit partition: the same offset arithmetic places their masks in the
+fp32 master partition (the padding at the end of the last rank's slice holds no weight and
+gets no gradient: it stays 0 unmasked).
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ def _partitions_of(wrapper) -> List[tuple]:
     if hasattr(wrapper, "fp32_groups_flat_partition"):  # bf16 optimizer (stage 0 + bf16)
         return [(m, f, parts[_group_rank(wrapper, i)]) for i, (m, f, parts) in enumerate(zip(
             wrapper.fp32_groups_flat_partition, wrapper.bf16_groups_flat, wrapper.bf16_partitioned_groups))]
+    if hasattr(wrapper, "fp32_partitioned_groups_flat"):  # ZeRO stage 3: this rank's partitions, flat per sub-group
+        return [(m, f, f) for m, f in zip(wrapper.fp32_partitioned_groups_flat, wrapper.fp16_partitioned_groups_flat)]
     if hasattr(wrapper, "fp32_groups_flat") and hasattr(wrapper, "fp16_groups_flat"):  # fused fp16 (stage 0)
         return [(m, f, f) for m, f in zip(wrapper.fp32_groups_flat, wrapper.fp16_groups_flat)]
     return []
@@ -78,7 +84,24 @@ class PartitionMasks:
         for master, flat, view in _partitions_of(engine_optimizer):
             mask = torch.ones(master.shape, dtype=torch.bool, device=master.device)
             self.partitions[id(master)] = _Partition(master, flat, view, mask)
+        self.shared = bool(getattr(registry, "partitioned", False)) and bool(self.partitions)
         self.refresh()
+        if self.shared:
+            self._share_registry_masks()
+
+    @torch.no_grad()
+    def _share_registry_masks(self) -> None:
+        """ZeRO-3: make each registry mask a view of its place in the master's flat mask (one byte per owned
+        weight, not two); from then on a mask update writes the optimizer's masks directly."""
+        for part in self.partitions.values():
+            flat_mask = part.mask.view(-1)
+            for name, local in self.registry.params.items():
+                offset = _offset(local.data, part.flat)
+                if offset is not None:
+                    flat_mask[offset:offset + local.numel()] = self.registry.masks[name]
+                    self.registry.masks[name] = flat_mask[offset:offset + local.numel()]
+                    part.prunable = True
+        self.registry._reindex()
 
     @property
     def flattened(self) -> bool:
@@ -88,6 +111,8 @@ class PartitionMasks:
     @torch.no_grad()
     def refresh(self) -> None:
         """Re-slice the registry's masks into every partition (after each mask update)."""
+        if getattr(self, "shared", False):
+            return  # ZeRO-3: the registry's masks are views of the partitions' masks
         for part in self.partitions.values():
             start = _offset(part.view, part.flat)
             end = start + part.view.numel()

@@ -24,7 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dstrain.data.glue import GLUE_TASKS, get_task_spec, glue_collator, load_glue, tokenize_glue
+from dstrain.data.glue import (
+    GLUE_TASKS,
+    get_task_spec,
+    glue_collator,
+    load_glue,
+    tokenize_glue,
+)
 from dstrain.errors import ConfigError
 from dstrain.metrics import PRIMARY_METRIC, glue_metrics
 from dstrain.tasks.base import Task

@@ -76,9 +76,12 @@ class ImageClassificationTask(Task):
                 self._datasets = load_fashion_mnist(self.config.data_dir)
                 self._num_classes, self._in_channels = 10, 1
             else:
-                from dstrain.data.imagefolder import build_imagefolder_datasets
-
-                from dstrain.data.imagefolder import SkippingImageFolder, collate_skipping, prescan
+                from dstrain.data.imagefolder import (
+                    SkippingImageFolder,
+                    build_imagefolder_datasets,
+                    collate_skipping,
+                    prescan,
+                )
 
                 train, val = build_imagefolder_datasets(self.config.data_dir, self.config.image_size)
                 if self.config.bad_images == "prescan":

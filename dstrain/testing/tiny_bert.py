@@ -9,8 +9,8 @@ fixed seed gives such a directory in well under a second, deterministically.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
@@ -27,6 +27,7 @@ class TinyBertSizes:
     num_attention_heads: int = 2
     intermediate_size: int = 64
     max_position_embeddings: int = 128
+    dropout: float = 0.1  # BERT's; 0 where a test compares runs whose random streams differ (1 vs 2 ranks)
 
 
 def build_wordpiece_vocab(words: Iterable[str], vocab_size: int) -> Dict[str, int]:
@@ -62,7 +63,14 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 512, lower
     template (with token type ids) as BERT's own, so pair tasks tokenize exactly as with a
     real checkpoint. The vocabulary comes from :func:`build_wordpiece_vocab` (deterministic).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import BertTokenizerFast
 
     texts = list(texts)
@@ -122,6 +130,8 @@ def make_tiny_bert(
         intermediate_size=sizes.intermediate_size,
         max_position_embeddings=sizes.max_position_embeddings,
         type_vocab_size=2,
+        hidden_dropout_prob=sizes.dropout,
+        attention_probs_dropout_prob=sizes.dropout,
         num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
     )
