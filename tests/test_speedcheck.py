@@ -98,8 +98,8 @@ def test_glue_recipe_builds_its_classifier_from_config_with_the_recipe_s_pattern
 
 
 def test_exported_folder_reports_the_sparsity_its_weights_really_have(tmp_path):
-    from dstrain.checkpoint import MARKER
-    from dstrain.export_cli import MODEL_STATES, export_checkpoint
+    from dstrain.run.checkpoints import MARKER
+    from dstrain.run.export import MODEL_STATES, export_checkpoint
     from dstrain.models import build_vision_model
     from dstrain.recipe import load_recipe
 

@@ -2,7 +2,7 @@
 
 * dense: the layer's real op, ``F.linear`` or ``F.conv2d`` with its stride, padding, dilation and groups;
 * 2:4: ``F.linear(x, torch.sparse.to_sparse_semi_structured(w))`` with ``w`` masked to exact 2:4 by
-  magnitude (:func:`dstrain.nm.nm_mask`, the masks dstrain trains);
+  magnitude (:func:`dstrain.sparsity.nm.nm_mask`, the masks dstrain trains);
 * unstructured: ``torch.sparse.mm(w_csr, x.t())`` with ``w`` masked at the sparsity by magnitude and
   stored as CSR (cuSPARSE on CUDA, MKL or torch's own kernel on the CPU).
 
