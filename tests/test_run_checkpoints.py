@@ -237,3 +237,21 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(sto
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^--overwrite: given with --resume auto"):
         run(tiny_recipe(), tmp_path, resume="auto", overwrite=True)
+
+
+def test_a_run_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """metrics.jsonl on a full disk: the user gets the file and the cause, not an OSError traceback."""
+    import errno
+
+    from dstrain.run.rundir import RunDir
+
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == "metrics.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(ConfigError, match=r"cannot write .*metrics\.jsonl \(No space left on device\)"):
+        RunDir(tmp_path).write(tmp_path / "metrics.jsonl", "{}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
+from dstrain import distributed as dstdist
 from dstrain.run.rundir import RunDir
 
 
@@ -65,13 +66,15 @@ class Logbook:
         return SummaryWriter(str(tb_dir), purge_step=step or None)
 
     def record(self, row: Dict[str, Any]) -> None:
-        """Append an evaluation row (every rank keeps the rows: they are checkpointed)."""
+        """Append an evaluation row (every rank keeps the rows: they are checkpointed); rank 0 writes them.
+
+        Every rank calls this, so a write that fails on rank 0 stops every rank with its one line.
+        """
         self.rows.append(row)
-        if not self.is_main:
-            return
-        with open(self.run_dir.metrics, "w") as f:
-            for r in self.rows:
-                f.write(json.dumps(r) + "\n")
+        dstdist.on_main_or_raise(lambda: self._write(row))
+
+    def _write(self, row: Dict[str, Any]) -> None:
+        self.run_dir.write(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in self.rows))
         if self.writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):

@@ -68,6 +68,15 @@ class RunDir:
     def holds_checkpoints(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
+    def write(self, path: Path, text: str) -> None:
+        """Write one of the run's files; a failure (a full disk, a permission) is one line naming the file."""
+        try:
+            path.write_text(text)
+        except OSError as err:
+            raise ConfigError("--output_dir", f"cannot write {path} ({err.strerror or err}); the checkpoints "
+                              f"already written under {self.checkpoints} are kept",
+                              "free space or fix the folder's permissions, then continue with --resume auto") from None
+
     def is_run(self) -> bool:
         """True if this looks like a run folder (what ``dstrain report`` can read)."""
         return self.metrics.is_file() and self.recipe.is_file()

@@ -211,8 +211,8 @@ class SparseTrainer:
         self.checkpoints = CheckpointStore(self.run_dir.checkpoints, opts.keep_last, self.log)
         self._loss_sum, self._loss_n = torch.zeros((), device=self.device), 0
         self._skipped: Optional[int] = None  # unreadable examples skipped this epoch (tasks that skip)
-        if self.rank == 0:
-            self.run_dir.recipe.write_text(json.dumps(self.recipe.model_dump(), indent=2))
+        dstdist.on_main_or_raise(lambda: self.run_dir.write(self.run_dir.recipe,
+                                                            json.dumps(self.recipe.model_dump(), indent=2)))
         start_epoch, skip_batches = self._maybe_resume()
         total = self.controller.total_steps
         epochs = -(-total // self.steps_per_epoch)
@@ -325,8 +325,7 @@ class SparseTrainer:
             with whole_model(self.engine, self.zero_stage) as module:  # every rank: a ZeRO-3 gather
                 if self.rank == 0 and self.task.export(module, str(self.run_dir.final_model)):
                     result["exported_to"] = str(self.run_dir.final_model)
-        if self.rank == 0:
-            self.run_dir.result.write_text(json.dumps(result, indent=2))
+        dstdist.on_main_or_raise(lambda: self.run_dir.write(self.run_dir.result, json.dumps(result, indent=2)))
         return result
 
 
