@@ -15,8 +15,9 @@ rank owns at world size ``--world`` of a parameter set (BERT-base: 109.5M; a 350
   mask costs with DeepSpeed's optimizer);
 * ``dstrain masked C++``: ``MaskedAdamW(backend="cpu")`` with the mask.
 
-Median milliseconds per step over ``--steps`` steps after 2 warm-up steps, torch and OpenMP
-threads as given (``torch.get_num_threads()``); ratios against ``ds_cpu_adam`` in the same run.
+Median milliseconds per step over ``--steps`` steps after 2 warm-up steps, the three methods'
+steps interleaved; torch and OpenMP threads as given (``torch.get_num_threads()``); ratios
+against ``ds_cpu_adam`` in the same run.
 The first run builds DeepSpeed's cpu_adam op (about a minute).
 """
 from __future__ import annotations
@@ -65,40 +66,46 @@ def partition(shapes: List[Tuple[int, ...]], world: int, seed: int = 0) -> Tuple
     return param, grad, torch.cat(masks)
 
 
-def _time(step: Callable[[], None], steps: int) -> float:
-    for _ in range(2):
-        step()
-    times = []
+def _time_interleaved(steps_by_name: Dict[str, Callable[[], None]], steps: int) -> Dict[str, float]:
+    """Median ms per step of each, the steps interleaved (A, B, C, A, B, C, ...) so that a change of load
+    on a shared machine falls on every method alike."""
+    for step in steps_by_name.values():
+        for _ in range(2):
+            step()
+    times: Dict[str, List[float]] = {name: [] for name in steps_by_name}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for name, step in steps_by_name.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def measure(name: str, world: int, steps: int) -> Dict[str, float]:
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     base, grad, mask = partition(SETS[name](), world)
-    rows: Dict[str, float] = {"elements": float(base.numel())}
     p = torch.nn.Parameter(base.clone())
     p.grad = grad.clone()
     ds = DeepSpeedCPUAdam([p], adamw_mode=True, **HYPER)
-    rows["ds_cpu_adam"] = _time(ds.step, steps)
+    p2 = torch.nn.Parameter(base.clone())
+    p2.grad = grad.clone()
+    ds_masked = DeepSpeedCPUAdam([p2], adamw_mode=True, **HYPER)
 
     def masked_after() -> None:
-        ds.step()
+        ds_masked.step()
         with torch.no_grad():
-            p.mul_(mask)
-            state = ds.state[p]
+            p2.mul_(mask)
+            state = ds_masked.state[p2]
             state["exp_avg"].mul_(mask)
             state["exp_avg_sq"].mul_(mask)
 
-    rows["ds_cpu_adam + mask"] = _time(masked_after, steps)
     q = torch.nn.Parameter(base.clone())
     q.grad = grad.clone()
     ours = MaskedAdamW([q], backend="cpu", mask_source=lambda t: mask, **HYPER)
-    rows["dstrain masked C++"] = _time(ours.step, steps)
+    rows = _time_interleaved({"ds_cpu_adam": ds.step, "ds_cpu_adam + mask": masked_after,
+                              "dstrain masked C++": ours.step}, steps)
+    rows["elements"] = float(base.numel())
     return rows
 
 
