@@ -112,9 +112,7 @@ def test_fp16_on_cpu_is_refused_with_the_fix(tmp_path):
         run(tiny_recipe(), tmp_path, ds_config={"fp16": {"enabled": True}})
 
 
-def test_zero3_and_changed_zero_layout_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"zero_optimization\.stage: ZeRO stage 3 is not supported"):
-        run(tiny_recipe(), tmp_path / "z3", ds_config={"zero_optimization": {"stage": 3}})
+def test_a_changed_zero_layout_is_refused(tmp_path):
     run(tiny_recipe(), tmp_path / "a", max_steps=4)
     marker = tmp_path / "a" / "checkpoints" / ckpt.tag_for(4) / ckpt.MARKER
     layout = json.loads(marker.read_text())

@@ -126,9 +126,13 @@ def test_training_run_hits_exact_sparsity_and_keeps_pruned_weights_zero(tmp_path
     assert sum(int((~m).sum()) for m in trainer.registry.masks.values()) == round(log[-1]["sparsity"] * n)
 
 
-def test_refuses_a_block_size_that_does_not_fit(tmp_path):
-    recipe = tiny_recipe(**{**OBERT, "pruning.obert": {"num_grads": 2, "block_size": 200_000}})
-    with pytest.raises(ConfigError, match=r"pruning\.obert\.block_size: 200000 needs .* GiB per rank"):
+def test_refuses_a_block_size_that_does_not_fit(tmp_path, monkeypatch):
+    """The Fisher blocks must fit the free memory of a rank (here a machine with 64 MiB free)."""
+    from dstrain.sparsity import obert
+
+    monkeypatch.setattr(obert, "available_bytes", lambda device: 64 * 2**20)
+    recipe = tiny_recipe(**{**OBERT, "pruning.obert": {"num_grads": 2, "block_size": 4096}})
+    with pytest.raises(ConfigError, match=r"pruning\.obert\.block_size: 4096 needs .* GiB per rank"):
         run(recipe, tmp_path)
 
 

@@ -98,7 +98,7 @@ def test_glue_recipe_builds_its_classifier_from_config_with_the_recipe_s_pattern
 
 
 def test_exported_folder_reports_the_sparsity_its_weights_really_have(tmp_path):
-    from dstrain.run.checkpoints import MARKER
+    from dstrain.run.manifest import write_manifest
     from dstrain.run.export import MODEL_STATES, export_checkpoint
     from dstrain.models import build_vision_model
     from dstrain.recipe import load_recipe
@@ -113,8 +113,8 @@ def test_exported_folder_reports_the_sparsity_its_weights_really_have(tmp_path):
             w.mul_(magnitude_mask(w, 0.75))
     checkpoint = tmp_path / "checkpoints" / "step000000010"
     checkpoint.mkdir(parents=True)
-    (checkpoint / MARKER).write_text("{}")
     torch.save({"module": model.state_dict(), "recipe": recipe.model_dump()}, checkpoint / MODEL_STATES)
+    write_manifest(checkpoint, {"step": 10, "tag": checkpoint.name})
     export_checkpoint(str(tmp_path), "compressed", str(tmp_path / "exported"), log=lambda _line: None)
 
     spec = resolve_model(str(tmp_path / "exported"))

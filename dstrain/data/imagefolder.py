@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
+from dstrain.data.layout import class_dirs
+
 from dstrain import distributed as dstdist
 from dstrain.errors import ConfigError
 
@@ -46,17 +48,6 @@ def val_transform(image_size: int = 224) -> Callable:
 
     return T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def class_dirs(split_dir: Path) -> List[str]:
-    """The class folder names of one split, sorted (label i is the i-th name).
-
-    Hidden folders (``.ipynb_checkpoints``, ``.cache``) are not classes.  torchvision's own
-    ImageFolder counts them, which shifts every label of the split they are in; the
-    datasets are therefore built with :class:`dstrain.data.visible_folder.VisibleImageFolder`,
-    which uses this same rule.
-    """
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def _has_image(class_dir: Path) -> bool:

@@ -11,7 +11,7 @@ from typing import Dict, List, Tuple, Union
 
 from torchvision.datasets import ImageFolder
 
-from dstrain.data.imagefolder import class_dirs
+from dstrain.data.layout import class_dirs
 
 
 class VisibleImageFolder(ImageFolder):
