@@ -58,7 +58,7 @@ def parse_overrides(items: List[str]) -> Dict[str, Any]:
     import yaml
 
     from dstrain.errors import ConfigError
-    from dstrain.recipe.messages import clip, shown
+    from dstrain.messages import clip, shown
     from dstrain.recipe.yaml_loader import YamlRuleError, load_yaml
 
     out = {}

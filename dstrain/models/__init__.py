@@ -7,8 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from dstrain.errors import ConfigError
+from dstrain.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.models.small_resnet import SmallResNet
-from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 
 ARCHS = ("small_resnet", "resnet18", "resnet34", "resnet50")
 

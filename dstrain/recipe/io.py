@@ -16,8 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from dstrain.errors import ConfigError
+from dstrain.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.recipe.checks import check_cross_fields
-from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.recipe.spec import SCHEDULE_KINDS, Recipe
 from dstrain.recipe.yaml_loader import YamlRuleError, load_yaml
 

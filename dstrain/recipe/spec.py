@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from dstrain.recipe.messages import shown
+from dstrain.messages import shown
 from dstrain.sparsity.criterion import CRITERIA, criterion_class
 from dstrain.sparsity.nm import NMPattern, parse_pattern, pattern_sparsity
 

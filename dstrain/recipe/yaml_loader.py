@@ -28,7 +28,7 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from dstrain.recipe.messages import clip
+from dstrain.messages import clip
 
 #: Nesting levels: a recipe needs four or five; deeper input is a mistake or an attack.
 MAX_DEPTH = 64

@@ -6,7 +6,7 @@ from typing import Any, Dict, Type
 from pydantic import BaseModel, ValidationError
 
 from dstrain.errors import ConfigError
-from dstrain.recipe.messages import clip, pydantic_fix, pydantic_problem, shown
+from dstrain.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.tasks.base import Task
 
 IMAGE_TASKS = ("digits", "imagefolder", "synthetic", "fashion_mnist")

@@ -1,4 +1,4 @@
-"""Pieces of the one-line error messages that recipe, task and architecture checks share.
+"""Pieces of the one-line error messages that every check of user input shares (recipe, task, architecture, --set).
 
 Why a module of its own: every echo of a user's value goes through :func:`shown`, so no
 message can grow with the input (a 10^7-element alias expansion, a megabyte-long key or a
