@@ -20,33 +20,12 @@ standard schedule was too short for them.  The dense reference of a run is the d
 (no pruning) of the same length when there is one, else the dense run closest in length;
 runs named "dense" are preferred.
 """
-from dstrain.report.markdown import (
-                                 length_effects,
-                                 markdown,
-                                 seed_markdown,
-                                 summary_rows,
-)
+from dstrain.report.markdown import length_effects, markdown, seed_markdown, summary_rows
 from dstrain.report.plot import plot
-from dstrain.report.runs import (
-                                 DENSE_SPARSITY,
-                                 Run,
-                                 dense_reference,
-                                 expand_run_dirs,
-                                 late_drop,
-                                 load_run,
-                                 load_runs,
-                                 mean_mask_change,
-)
-from dstrain.report.seeds import (
-                                 NOISE_SE,
-                                 Stat,
-                                 diff_stat,
-                                 mean_curves,
-                                 mean_se,
-                                 seed_groups,
-                                 seed_length_effects,
-                                 seed_rows,
-)
+from dstrain.report.runs import (DENSE_SPARSITY, Run, dense_reference, expand_run_dirs, late_drop, load_run, load_runs,
+                                 mean_mask_change)
+from dstrain.report.seeds import (NOISE_SE, Stat, diff_stat, mean_curves, mean_se, seed_groups, seed_length_effects,
+                                  seed_rows)
 from dstrain.report.writer import write_report
 
 __all__ = ["DENSE_SPARSITY", "NOISE_SE", "Run", "Stat", "dense_reference", "diff_stat", "expand_run_dirs", "late_drop",
