@@ -50,30 +50,33 @@ def schedule_lengths(recipe: "Recipe") -> List[Tuple[str, float, str]]:
     return []
 
 
+def _training_length(recipe: Recipe, unit: str, steps_per_epoch: Optional[int],
+                     what: str) -> Tuple[Optional[float], str]:
+    """(the training's length in ``unit``, its description); (None, "") for steps before the loader is known."""
+    epochs = recipe.training.epochs
+    if unit == "epoch":
+        return epochs, f"training.epochs ({epochs:g})"
+    if not steps_per_epoch:
+        return None, ""
+    limit = recipe.total_steps(steps_per_epoch)
+    return limit, f"{what} ({limit} steps: training.epochs {epochs:g} x {steps_per_epoch} steps per epoch)"
+
+
 def check_schedule_positions(recipe: "Recipe", source: str = "recipe",
                              steps_per_epoch: Optional[int] = None) -> None:
     """Every event inside the training, in both units: epoch units at load time, step units once
     the trainer knows the steps per epoch (``steps_per_epoch``).  With the steps known, LR
     rewinding's restarts are counted too (:func:`dstrain.schedules.factory.lr_restarts`)."""
-    epochs = recipe.training.epochs
     for field, length, unit in schedule_lengths(recipe):
-        if unit == "epoch":
-            limit, end = epochs, f"training.epochs ({epochs:g})"
-        elif steps_per_epoch:
-            limit = recipe.total_steps(steps_per_epoch)
-            end = f"the training ({limit} steps: training.epochs {epochs:g} x {steps_per_epoch} steps per epoch)"
-        else:
+        limit, end = _training_length(recipe, unit, steps_per_epoch, "the training")
+        if limit is None:
             continue
         if length > limit:
             raise ConfigError(f"{source}: {field}", f"{length:g} {unit}s is longer than {end}",
                               "shorten it to at most the training's length")
     for field, pos, unit, before_end in schedule_positions(recipe):
-        if unit == "epoch":
-            limit, end = epochs, f"training.epochs ({epochs:g})"
-        elif steps_per_epoch:
-            limit = recipe.total_steps(steps_per_epoch)
-            end = f"the end of training ({limit} steps: training.epochs {epochs:g} x {steps_per_epoch} steps per epoch)"
-        else:
+        limit, end = _training_length(recipe, unit, steps_per_epoch, "the end of training")
+        if limit is None:
             continue
         if pos < limit or (pos == limit and not before_end):
             continue
