@@ -244,6 +244,9 @@ class SparseTrainer:
     def _epochs(self, start_epoch: int, epochs: int, skip_batches: int) -> bool:
         """Every epoch from ``start_epoch``; True if ``max_steps`` stopped the run early."""
         opts = self.options
+        if opts.max_steps == 0:
+            self._evaluate_only(start_epoch, skip_batches)
+            return False
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
@@ -260,6 +263,20 @@ class SparseTrainer:
             if opts.save_every or epoch + 1 == epochs:
                 self._save(epoch + 1, 0)
         return stop
+
+    def _evaluate_only(self, epoch: int, skip_batches: int) -> None:
+        """``max_steps`` 0: the mask updates due before the next step (a one-shot prune at step 0), one
+        evaluation and a checkpoint, no optimizer step; the run finishes (and exports) as trained."""
+        self.controller.begin_step()
+        self._check_finite()
+        metrics = self.evaluate()
+        self.logbook.record({"epoch": epoch, "step": self.controller.step_count, "train_loss": None,
+                             **{f"val_{k}": v for k, v in metrics.items()},
+                             "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),
+                             "layer_sparsity": self.registry.layer_sparsity()})
+        self.log(f"evaluation only (max_steps 0) at step {self.controller.step_count}: val_{self.task.primary_metric}="
+                 f"{metrics[self.task.primary_metric]:.4f} sparsity={self.registry.weight_sparsity():.4f}")
+        self._save(epoch, skip_batches)
 
     def _train_epoch(self, epoch: int, skip_batches: int) -> Tuple[bool, int]:
         """Micro-batches of one epoch from ``skip_batches`` on (after a resume).
