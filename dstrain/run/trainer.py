@@ -105,7 +105,8 @@ class SparseTrainer:
             batches = gradient_batches(self.task, train_set, batch, recipe.training.seed + 1, self.rank, self.world,
                                        f"pruning.{self.criterion.name}.grad_batch_size")
             self.criterion.attach(DataHooks(self.engine.module, lambda b: self._loss(b, self.engine.module),
-                                            batches, self.partition_masks.write_masters))
+                                            batches, self.partition_masks.write_masters,
+                                            getattr(self.task, "calibration_sequences", None)))
 
     def _build_teacher(self) -> Optional[nn.Module]:
         spec = self.recipe.distillation
