@@ -298,6 +298,8 @@ class DistillationSpec(_Strict):
     teacher: str
     alpha: float = Field(default=0.5, ge=0, le=1)
     temperature: float = Field(default=2.0, gt=0)
+    squarehead: float = Field(default=0.0, ge=0, description="weight of SquareHead feature distillation "
+                              "(dstrain/distill.py; tasks with per-layer features, e.g. causal_lm); 0: off")
 
 
 class Recipe(_Strict):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dstrain import distributed as dstdist
-from dstrain.distill import distillation_loss
+from dstrain.distill import distillation_loss, squarehead_loss
 from dstrain.errors import ConfigError
 from dstrain.optim.factory import build_optimizer
 from dstrain.recipe import Recipe, check_schedule_positions
@@ -118,13 +118,17 @@ class SparseTrainer:
     # --- one step ------------------------------------------------------------------------
     def _loss(self, batch: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
         """Training loss (with distillation); ``model`` = the bare module for a criterion's gradient collection."""
-        logits, labels = self.task.forward(self.engine if model is None else model, batch, self.device)
-        loss = self.task.loss(logits, labels)
+        spec = self.recipe.distillation
+        features = self.teacher is not None and spec.squarehead > 0  # SquareHead needs per-layer features
+        forward = self.task.forward_with_features if features else self.task.forward
+        out = forward(self.engine if model is None else model, batch, self.device)
+        loss = self.task.loss(out[0], out[1])
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits, _ = self.task.forward(self.teacher, batch, self.device)
-            spec = self.recipe.distillation
-            loss = distillation_loss(logits, teacher_logits, loss, spec.alpha, spec.temperature)
+                teacher_out = forward(self.teacher, batch, self.device)
+            loss = distillation_loss(out[0], teacher_out[0], loss, spec.alpha, spec.temperature)
+            if features:
+                loss = loss + spec.squarehead * squarehead_loss(out[2], teacher_out[2])
         return loss
 
     # --- evaluation ------------------------------------------------------------------------
