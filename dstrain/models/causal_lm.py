@@ -25,7 +25,8 @@ from torch import nn
 
 from dstrain.errors import ConfigError
 
-__all__ = ["resolve_model_path", "is_gguf", "load_causal_lm", "load_tokenizer", "load_config", "check_same_vocabulary", "INSTALL_HINTS"]
+__all__ = ["resolve_model_path", "is_gguf", "load_causal_lm", "load_tokenizer", "load_config", "check_same_vocabulary",
+           "INSTALL_HINTS"]
 
 PKG = "pkg:"
 GGUF_INSTALL = 'pip install "dstrain[llm]" (or: pip install gguf)'

@@ -52,7 +52,7 @@ class CalibrationSettings(StrictSettings):
 
 
 class InputStat:
-    """A statistic of one Linear's inputs, summed over tokens and ranks (subclasses: Wanda's norms, SparseGPT's Hessian)."""
+    """A statistic of one Linear's inputs, summed over tokens and ranks (Wanda's norms, SparseGPT's Hessian)."""
 
     def add(self, x: Tensor) -> None:
         """Add the inputs ``x`` ([tokens, in_features], any float dtype)."""

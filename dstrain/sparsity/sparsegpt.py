@@ -64,7 +64,7 @@ class Hessian(InputStat):
 
 
 def damped_inverse_factor(hessian: Tensor, percdamp: float) -> Tuple[Tensor, Tensor]:
-    """(U, dead): the upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean(diag H), after dead inputs get H_jj = 1."""
+    """(U, dead): the upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean(diag H); dead inputs get H_jj = 1."""
     h = hessian.clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1

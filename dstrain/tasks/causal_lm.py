@@ -91,7 +91,7 @@ class CausalLMTask(Task):
         return model
 
     def build_teacher(self, path: str) -> nn.Module:
-        """The dense teacher: ``same`` is this task's pretrained model; else a folder or GGUF file with one vocabulary."""
+        """The dense teacher: ``same`` is this task's pretrained model, else a folder or GGUF file (same vocabulary)."""
         resolved = self.model_path if path == SAME_MODEL else resolve_model_path(path, "distillation.teacher")
         teacher = load_causal_lm(resolved, "distillation.teacher")
         student_vocab = load_config(self.model_path, "task.model").vocab_size

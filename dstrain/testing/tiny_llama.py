@@ -77,7 +77,8 @@ def write_tiny_text(path: str, sentences: int = 200, seed: int = 0) -> str:
     words = ("the hacker wrote a kludge that ran on every machine in the lab and nobody knew why it worked "
              "until the bug showed up at night").split()
     rng = random.Random(seed)
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))).capitalize() + "." for _ in range(sentences)]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))).capitalize() + "."
+             for _ in range(sentences)]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
