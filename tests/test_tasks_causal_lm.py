@@ -43,7 +43,8 @@ def test_blocks_split_and_calibration_windows(files):
     eos = task.tokenizer.eos_token_id
     assert int((packed.tokens == eos).sum()) == 1  # the two files joined by one end-of-text token
     n = packed.tokens.numel() // 16
-    assert packed.eval_index == list(range(3, n, 4)) and sorted(packed.train_index + packed.eval_index) == list(range(n))
+    assert packed.eval_index == list(range(3, n, 4))
+    assert sorted(packed.train_index + packed.eval_index) == list(range(n))
     train, held_out = task.build_datasets()
     assert torch.equal(held_out[0]["input_ids"], packed.tokens[48:64]) and len(train) + len(held_out) == n
     spans = packed.spans()
@@ -78,13 +79,13 @@ def test_perplexity_is_token_weighted_over_all_held_out_blocks(files):
 
 
 def test_missing_files_and_packages_are_one_line_with_the_fix(files, monkeypatch):
-    with pytest.raises(ConfigError, match=r"task\.data\[0\]: .*jargon.txt.gz does not exist — apt-get install jargon-text"):
+    with pytest.raises(ConfigError, match=r"task\.data\[0\]: .*jargon.txt.gz does not exist — apt-get install jargon"):
         read_texts(["/usr/share/doc/jargon-text/nope/jargon.txt.gz"])
     (files / "bad.gz").write_bytes(b"not gzip")
     with pytest.raises(ConfigError, match=r"task\.data\[0\]: .*bad\.gz cannot be read"):
         read_texts([str(files / "bad.gz")])
-    with pytest.raises(ConfigError, match=r"task\.model: Python package 'no_such_pkg_xyz' is not installed — install it: "
-                                          r"pip install no-such-pkg-xyz"):
+    with pytest.raises(ConfigError, match=r"task\.model: Python package 'no_such_pkg_xyz' is not installed — "
+                                          r"install it: pip install no-such-pkg-xyz"):
         resolve_model_path("pkg:no_such_pkg_xyz/model.gguf", "task.model")
     import importlib.util
 
@@ -172,3 +173,19 @@ def test_squarehead_on_a_task_without_features_is_one_line():
     assert parse_recipe({**TINY, "distillation": {"teacher": "t", "squarehead": 2.0}}).distillation.squarehead == 2.0
     with pytest.raises(ConfigError, match=r"distillation\.squarehead"):
         parse_recipe({**TINY, "distillation": {"teacher": "t", "squarehead": -1}})
+
+
+def test_sparsegpt_as_the_updates_of_a_gradual_schedule(files, tmp_path):
+    """The first update waits for the engine (deferred), the later ones recompute from fresh calibration passes."""
+    recipe = _recipe(files, pruning={"criterion": "sparsegpt", "sparsegpt": {"calibration_samples": 4, "seq_len": 16,
+                                                                             "blocksize": 32},
+                                     "unit": "step", "schedule": {"kind": "gmp", "initial_sparsity": 0.3,
+                                                                  "final_sparsity": 0.6, "start": 0, "end": 2,
+                                                                  "frequency": 1}})
+    trainer, result = run(recipe, tmp_path / "run", max_steps=3)
+    history = trainer.controller.history
+    assert [h["step"] for h in history] == [0, 1, 2] and len(trainer.criterion.log) == 3
+    assert history[0]["sparsity"] == 0.3 and history[-1]["sparsity"] == 0.6
+    for name, mask in trainer.registry.masks.items():  # every layer exactly round(s * numel)
+        assert int((~mask).sum()) == round(0.6 * mask.numel()), name
+    assert result["revived"] == 0 and abs(result["sparsity"] - 0.6) < 1e-4

@@ -56,8 +56,9 @@ class SparsityController:
         # its first mask update waits for the first begin_step(), after the trainer attached it.
         deferred = self.criterion.needs_data
         if deferred and not will_attach:
-            raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss, which "
-                              "only dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
+            raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss or "
+                              "calibration inputs, which only dstrain's DeepSpeed trainer collects (SparseTrainer, "
+                              "launch/train.py)",
                               "train with SparseTrainer, or use criterion: magnitude here")
         self._pending = False
         self._prepare(0, recompute=not deferred)
