@@ -189,3 +189,20 @@ def test_sparsegpt_as_the_updates_of_a_gradual_schedule(files, tmp_path):
     for name, mask in trainer.registry.masks.items():  # every layer exactly round(s * numel)
         assert int((~mask).sum()) == round(0.6 * mask.numel()), name
     assert result["revived"] == 0 and abs(result["sparsity"] - 0.6) < 1e-4
+
+
+def test_fine_tuning_from_the_one_shot_export_keeps_its_mask(files, tmp_path):
+    """The recipes' second stage: the exported one-shot model as task.model, a constant magnitude mask at the
+    one-shot sparsity, per layer: it selects exactly the exported zeros (the smallest magnitudes)."""
+    oneshot, result = run(_recipe(files, pruning={"criterion": "sparsegpt", "scope": "layerwise", "unit": "step",
+                                                  "sparsegpt": {"calibration_samples": 4, "seq_len": 16},
+                                                  "schedule": {"kind": "oneshot", "sparsity": 0.5, "at": 0}}),
+                          tmp_path / "oneshot", max_steps=0)
+    recipe = _recipe(files, pruning={"scope": "layerwise", "schedule": {"kind": "constant", "sparsity": 0.5}},
+                     distillation={"teacher": str(files / "model"), "alpha": 0.0, "squarehead": 1.0})
+    data = recipe.model_dump()
+    data["task"]["model"] = result["exported_to"]
+    finetuned, result = run(parse_recipe(data), tmp_path / "sft", max_steps=2)
+    for name, mask in oneshot.registry.masks.items():
+        assert torch.equal(finetuned.registry.masks[name], mask), name
+    assert result["revived"] == 0
