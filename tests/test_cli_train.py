@@ -164,7 +164,7 @@ def test_ds_config_batch_arithmetic_is_refused_before_deepspeed(tmp_path):
 @pytest.mark.parametrize("options,words", [
     (dict(num_workers=-1), r"^--num_workers: -1 is not an integer >= 0"),
     (dict(save_every=-5), r"^--save_every: -5 is not an integer >= 0"),
-    (dict(max_steps=0), r"^--max_steps: 0 is not an integer >= 1"),
+    (dict(max_steps=-1), r"^--max_steps: -1 is not an integer >= 0"),
 ])
 def test_bad_run_flags_are_refused_before_anything_runs(tmp_path, options, words):
     with pytest.raises(ConfigError, match=words):

@@ -66,3 +66,35 @@ def test_bad_arguments():
         distillation_loss(s, t, torch.tensor(1.0), alpha_kd=1.5)
     with pytest.raises(ValueError, match="no teacher"):
         distillation_loss(s, None, torch.tensor(1.0), alpha_kd=0.5)
+
+
+def test_token_wise_kd_is_the_mean_kl_over_every_position():
+    """Language-model logits [batch, positions, vocab]: every position is one example of the batchmean KL."""
+    s, t = _logits(6, (2, 5, 7)), _logits(7, (2, 5, 7))
+    p_t = F.softmax(t / 2.0, -1)
+    per_token = (p_t * (p_t.log() - F.log_softmax(s / 2.0, -1))).sum(-1)
+    torch.testing.assert_close(kd_term(s, t, 2.0), 4.0 * per_token.mean())
+
+
+def test_squarehead_is_the_sum_over_layers_of_mse_normalised_by_the_teacher():
+    from dstrain.distill import squarehead_loss
+
+    g = torch.Generator().manual_seed(8)
+    teacher = [torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * scale for scale in (0.1, 1.0, 50.0)]
+    student = [t + 0.3 * torch.randn(t.shape, generator=g, dtype=torch.float64) * t.std() for t in teacher]
+    expected = 0.0
+    for s, t in zip(student, teacher):  # written out: sum over elements of (s - t)^2 over sum of t^2
+        expected += float(((s - t) ** 2).sum() / (t ** 2).sum())
+    got = squarehead_loss([s.float() for s in student], [t.float() for t in teacher])
+    assert got.dtype == torch.float32
+    assert abs(float(got) - expected) < 1e-5 * expected
+    # scale-free per layer: scaling one layer's student and teacher together changes nothing
+    scaled = squarehead_loss([student[0] * 1e3, *student[1:]], [teacher[0] * 1e3, *teacher[1:]])
+    assert abs(float(scaled) - float(got)) < 1e-5 * float(got)
+    # the teacher is detached, the student gets the gradient 2 (s - t) / sum(t^2) per layer
+    s0 = student[0].clone().requires_grad_(True)
+    squarehead_loss([s0], [teacher[0].clone().requires_grad_(True)]).backward()
+    torch.testing.assert_close(s0.grad, 2 * (student[0] - teacher[0]) / (teacher[0] ** 2).sum())
+    assert float(squarehead_loss(teacher, teacher)) == 0.0
+    with pytest.raises(ValueError, match="layers"):
+        squarehead_loss(student[:2], teacher)

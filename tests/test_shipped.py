@@ -11,7 +11,8 @@ start-up once).  Only these overrides are applied, all with ``--set``:
   a generated ImageNet-layout folder at 32 px for ``imagefolder``, 32 px and 24 examples for
   ``synthetic``, a 2-layer BERT + WordPiece tokenizer folder and generated GLUE TSVs (the
   recipe's own GLUE task, its own TSV layout) at 16 tokens for ``glue`` (the same folder is the
-  KD teacher), batch 8 -- the real sizes do not fit a CPU test;
+  KD teacher), batch 8, and for ``causal_lm`` a 2-layer random Llama with a byte-level tokenizer on generated
+  text at 16 tokens (also the teacher), calibration 4 x 16 tokens -- the real sizes do not fit a CPU test;
 * loader workers 0 (a recipe's ImageNet decoding workers would only add process start-up);
 * step units for the pruning schedule (SCHEDULE_STEPS), so that every pruning recipe's first
   mask update happens inside the run (at step 1) and the run ends in a compressed phase;
@@ -94,12 +95,35 @@ class StandIns:
 
         return self._once(f"bert_{task}", build)
 
+    def llama(self) -> str:
+        from dstrain.testing.tiny_llama import make_tiny_llama
+
+        return self._once("llama", lambda p: make_tiny_llama(str(p)))
+
+    def text(self) -> str:
+        from dstrain.testing.tiny_llama import write_tiny_text
+
+        # ~16k byte tokens: 16-token blocks give every shipped LLM recipe's short fine-tuning >= MAX_STEPS steps
+        return self._once("text.txt", lambda p: write_tiny_text(str(p), sentences=250))
+
 
 def _glue(s: StandIns, recipe: Dict[str, Any]) -> Dict[str, Any]:
     task = recipe["task"]["glue_task"]
     out = {"task.model_dir": s.bert(task), "task.data_dir": s.glue(task), "task.max_length": 16}
     if recipe.get("distillation"):
         out["distillation.teacher"] = s.bert(task)  # a small teacher with the task's label count
+    return out
+
+
+def _causal_lm(s: StandIns, recipe: Dict[str, Any]) -> Dict[str, Any]:
+    out = {"task.model": s.llama(), "task.data": [s.text()], "task.max_length": 16}
+    criterion = recipe.get("pruning", {}).get("criterion")
+    if criterion in recipe.get("pruning", {}):  # calibration windows as long as the stand-in's blocks
+        out[f"pruning.{criterion}.calibration_samples"] = 4
+        out[f"pruning.{criterion}.seq_len"] = 16
+    teacher = (recipe.get("distillation") or {}).get("teacher")
+    if teacher not in (None, "same"):
+        out["distillation.teacher"] = s.llama()  # the dense tiny model
     return out
 
 
@@ -110,6 +134,7 @@ STAND_INS: Dict[str, Callable[[StandIns, Dict[str, Any]], Dict[str, Any]]] = {
     "synthetic": lambda s, r: {"task.image_size": 32, "task.synthetic_size": 24, "task.num_workers": 0},
     "glue": _glue,
     "fashion_mnist": lambda s, r: {"task.data_dir": s.fashion()},  # IDX files of the real format
+    "causal_lm": _causal_lm,  # a 2-layer random Llama with a byte-level tokenizer, generated text
 }
 
 #: schedule kind -> step-unit fields: first mask update at step 1, compressed at the last step.

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep_last", type=int, default=2,
                    help="complete checkpoints kept in OUTPUT_DIR/<recipe>/checkpoints; older ones are deleted "
                         "(default 2; 0 keeps all)")
-    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (and save)")
+    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (and save); 0: evaluate only, after the "
+                        "recipe's step-0 mask update (a one-shot prune), then save and export")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set training.epochs=5 (value parsed as YAML)")
     p.add_argument("--num_workers", type=int, default=0,

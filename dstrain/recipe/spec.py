@@ -320,6 +320,8 @@ class DistillationSpec(_Strict):
     alpha: float = Field(default=0.5, ge=0, le=1)
     # the KD loss is scaled by T^2 and the softened logits flatten to uniform: above 100 it is noise
     temperature: float = Field(default=2.0, gt=0, le=100)
+    squarehead: float = Field(default=0.0, ge=0, le=1e6, description="weight of SquareHead feature distillation "
+                              "(dstrain/distill.py; tasks with per-layer features, e.g. causal_lm); 0: off")
 
 
 class Recipe(_Strict):

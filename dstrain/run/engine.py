@@ -58,8 +58,9 @@ def build_engine(model: nn.Module, task: Any, recipe: Any, ds_config: Dict[str, 
         registry.release_gathered = engine.empty_partition_cache
         criterion = _criterion(recipe, registry, log)
         if criterion.needs_data:
-            raise ConfigError("pruning.criterion", f"{criterion.name} is not supported under ZeRO stage 3: its "
-                              "second-order blocks need whole gradients of every prunable weight on one rank",
+            raise ConfigError("pruning.criterion", f"{criterion.name} is not supported under ZeRO stage 3: it "
+                              "needs whole weights with their gradients (obert) or layer inputs (wanda, sparsegpt) "
+                              "on one rank, and stage 3 holds only slices",
                               "use ZeRO stage 1 or 2 with this criterion, or criterion: magnitude")
         controller = SparsityController(recipe, registry, client_optimizer, steps_per_epoch, criterion, defer=True)
         engine.lr_scheduler = controller  # DeepSpeed steps it after every applied step and checkpoints it per rank

@@ -8,8 +8,8 @@ The weights come from a complete dstrain checkpoint (DeepSpeed's ``mp_rank_00_mo
 holds the full model under ZeRO 0/1/2, and the run's recipe in its client state), so a run
 folder, with no data and no GPU, is all the command needs.  Image architectures are rebuilt
 from the recipe's ``task.arch`` / ``arch_options``, their class count and input channels read
-from the checkpoint's shapes (no dataset scan); GLUE models from the recipe's ``task.model_dir``
-config, as the run built them.
+from the checkpoint's shapes (no dataset scan); GLUE and causal-LM models from the config of
+the recipe's ``task`` model, as the run built them.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from dstrain.run.checkpoints import MARKER, complete_checkpoints
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ARG = "RUN_OR_CHECKPOINT"
+HF_TASKS = {"glue": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
+"""Tasks that train a transformers model -> the Auto class that rebuilds it."""
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -80,25 +82,26 @@ def _image_shapes(state: Dict[str, Tensor]) -> Tuple[int, int]:
     mats = [t for t in state.values() if t.dim() == 2]
     convs = [t for t in state.values() if t.dim() == 4]
     if not mats or not convs:
-        raise ConfigError(ARG, "checkpoint has no classifier or no convolution", "export an image or GLUE run")
+        raise ConfigError(ARG, "checkpoint has no classifier or no convolution",
+                          "export an image, GLUE or causal_lm run")
     return int(mats[-1].shape[0]), int(convs[0].shape[1])
 
 
 def build_model(task: Dict[str, Any], state: Dict[str, Tensor], config_dir: Optional[str] = None) -> Tuple[nn.Module, Any]:
     """(model with ``state`` loaded, tokenizer or None) for a recipe's ``task`` section."""
-    if task.get("name") == "glue":
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+    if task.get("name") in HF_TASKS:
+        import transformers
 
         from dstrain.tasks import build_task
 
         if config_dir is None:
-            glue = build_task(task)
-            config = glue.build_model().config
-            tokenizer = glue.tokenizer
+            hf_task = build_task(task)
+            config = hf_task.build_model().config
+            tokenizer = hf_task.tokenizer
         else:
-            config = AutoConfig.from_pretrained(config_dir, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(config_dir, local_files_only=True)
             tokenizer = None
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = getattr(transformers, HF_TASKS[task["name"]]).from_config(config)
     else:
         from dstrain.models import build_vision_model
 
@@ -121,11 +124,11 @@ def export_checkpoint(path: str, fmt: str, out: str, log=print) -> Dict[str, Any
     checkpoint = resolve_checkpoint(path)
     state, recipe = read_checkpoint(checkpoint)
     task = recipe.get("task", {})
-    is_glue = task.get("name") == "glue"
-    if fmt == "hf" and not is_glue:
+    is_hf = task.get("name") in HF_TASKS
+    if fmt == "hf" and not is_hf:
         raise ConfigError("--format", f"hf is for transformers models; this run's task is {task.get('name')!r}",
                           "use --format torchvision or compressed")
-    if fmt == "torchvision" and is_glue:
+    if fmt == "torchvision" and is_hf:
         raise ConfigError("--format", "torchvision is for image models; this run fine-tuned a transformers model",
                           "use --format hf or compressed")
     model, tokenizer = build_model(task, state)
@@ -144,7 +147,7 @@ def export_checkpoint(path: str, fmt: str, out: str, log=print) -> Dict[str, Any
     else:
         ex.save_compressed(dense, os.path.join(out, ex.COMPRESSED_FILE))
         manifest["file"] = ex.COMPRESSED_FILE
-        if is_glue:  # the architecture and tokenizer travel with the weights
+        if is_hf:  # the architecture and tokenizer travel with the weights
             model.config.save_pretrained(out)
             if tokenizer is not None:
                 tokenizer.save_pretrained(out)
@@ -170,13 +173,13 @@ def load_exported_model(out: str, device: Any = "cpu", dtype: Optional[torch.dty
     manifest = json.loads(manifest_path.read_text())
     fmt, task = manifest["format"], manifest["task"]
     if fmt == "hf":
-        from transformers import AutoModelForSequenceClassification
+        import transformers
 
-        model = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True)
+        model = getattr(transformers, HF_TASKS[task["name"]]).from_pretrained(out, local_files_only=True)
     else:
         path = os.path.join(out, manifest["file"])
         state = torch.load(path, map_location="cpu") if fmt == "torchvision" else ex.load_compressed(path)
-        model, _ = build_model(task, state, config_dir=out if task.get("name") == "glue" else None)
+        model, _ = build_model(task, state, config_dir=out if task.get("name") in HF_TASKS else None)
     model.eval()
     if fmt == "semi-structured":
         ex.swap_to_semi_structured(model, device, dtype or torch.float16, log=log)

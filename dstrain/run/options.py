@@ -19,7 +19,7 @@ class TrainerOptions:
     save_every: int = 0  # optimizer steps between checkpoints; 0 = at each evaluation only
     keep_last: int = 2
     resume: Optional[str] = None  # None | "auto" | checkpoint folder
-    max_steps: Optional[int] = None  # stop early (after a checkpoint), e.g. to test resume
+    max_steps: Optional[int] = None  # stop early (after a checkpoint), e.g. to test resume; 0 = evaluate only
     progress: bool = True
     tensorboard: bool = True
     num_workers: int = 0

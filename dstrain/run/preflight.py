@@ -20,7 +20,8 @@ def check_run_options(save_every: int, max_steps: Optional[int], num_workers: in
                       resume: Optional[str] = None, overwrite: bool = False) -> None:
     _int("--save_every", save_every, 0, "pass the optimizer steps between checkpoints, or 0 for one per epoch")
     if max_steps is not None:
-        _int("--max_steps", max_steps, 1, "pass a positive step count, or leave it out to train the whole recipe")
+        _int("--max_steps", max_steps, 0, "pass a step count (0: evaluate only, after the recipe's step-0 pruning), "
+                                          "or leave it out to train the whole recipe")
     _int("--num_workers", num_workers, 0, "pass 0 (the recipe's task.num_workers, or load in the main process) "
                                           "or a positive number of loader processes")
     _int("keep_last", keep_last, 0, "keep at least 0 old checkpoints (0 keeps all)")

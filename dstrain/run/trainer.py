@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dstrain import distributed as dstdist
-from dstrain.distill import distillation_loss
+from dstrain.distill import distillation_loss, squarehead_loss
 from dstrain.errors import ConfigError
 from dstrain.recipe import Recipe, check_schedule_positions
 from dstrain.run import resume as dstresume
@@ -87,7 +87,8 @@ class SparseTrainer:
             batches = gradient_batches(self.task, train_set, batch, recipe.training.seed + 1, self.rank, self.world,
                                        f"pruning.{self.criterion.name}.grad_batch_size")
             self.criterion.attach(DataHooks(self.engine.module, lambda b: self._loss(b, self.engine.module),
-                                            batches, self.partition_masks.write_masters))
+                                            batches, self.partition_masks.write_masters,
+                                            getattr(self.task, "calibration_sequences", None)))
 
     def _build_teacher(self) -> Optional[nn.Module]:
         spec = self.recipe.distillation
@@ -100,13 +101,17 @@ class SparseTrainer:
     # --- one step ------------------------------------------------------------------------
     def _loss(self, batch: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
         """Training loss (with distillation); ``model`` = the bare module for a criterion's gradient collection."""
-        logits, labels = self.task.forward(self.engine if model is None else model, batch, self.device)
-        loss = self.task.loss(logits, labels)
+        spec = self.recipe.distillation
+        features = self.teacher is not None and spec.squarehead > 0  # SquareHead needs per-layer features
+        forward = self.task.forward_with_features if features else self.task.forward
+        out = forward(self.engine if model is None else model, batch, self.device)
+        loss = self.task.loss(out[0], out[1])
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits, _ = self.task.forward(self.teacher, batch, self.device)
-            spec = self.recipe.distillation
-            loss = distillation_loss(logits, teacher_logits, loss, spec.alpha, spec.temperature)
+                teacher_out = forward(self.teacher, batch, self.device)
+            loss = distillation_loss(out[0], teacher_out[0], loss, spec.alpha, spec.temperature)
+            if features:
+                loss = loss + spec.squarehead * squarehead_loss(out[2], teacher_out[2])
         return loss
 
     # --- evaluation ------------------------------------------------------------------------
@@ -116,7 +121,7 @@ class SparseTrainer:
         self.engine.eval()
         logits_all, labels_all = [], []
         for batch in self.eval_loader:
-            logits, labels = self.task.forward(self.engine, batch, self.device)
+            logits, labels = self.task.eval_forward(self.engine, batch, self.device)
             logits_all.append(logits.float().cpu())
             labels_all.append(labels.cpu())
         self.engine.train()
@@ -126,7 +131,8 @@ class SparseTrainer:
         logits = torch.cat([g[0] for g in gathered if g[0].numel()])
         labels = torch.cat([g[1] for g in gathered if g[1].numel()])
         metrics = self.task.metrics(logits, labels)
-        metrics["loss"] = float(self.task.loss(logits, labels))
+        if "loss" not in metrics:  # a task that gathers per-example sums reports its loss itself
+            metrics["loss"] = float(self.task.loss(logits, labels))
         return metrics
 
     # --- checkpoints -----------------------------------------------------------------------
@@ -226,6 +232,9 @@ class SparseTrainer:
     def _epochs(self, start_epoch: int, epochs: int, skip_batches: int) -> bool:
         """Every epoch from ``start_epoch``; True if ``max_steps`` stopped the run early."""
         opts = self.options
+        if opts.max_steps == 0:
+            self._evaluate_only(start_epoch, skip_batches)
+            return False
         stop = False
         for epoch in range(start_epoch, epochs):
             self.clock.start()
@@ -242,6 +251,20 @@ class SparseTrainer:
             if opts.save_every or epoch + 1 == epochs:
                 self._save(epoch + 1, 0)
         return stop
+
+    def _evaluate_only(self, epoch: int, skip_batches: int) -> None:
+        """``max_steps`` 0: the mask updates due before the next step (a one-shot prune at step 0), one
+        evaluation and a checkpoint, no optimizer step; the run finishes (and exports) as trained."""
+        self.controller.begin_step()
+        self._check_finite()
+        metrics = self.evaluate()
+        self.logbook.record({"epoch": epoch, "step": self.controller.step_count, "train_loss": None,
+                             **{f"val_{k}": v for k, v in metrics.items()},
+                             "sparsity": self.registry.weight_sparsity(), "mask_sparsity": self.registry.mask_sparsity(),
+                             "layer_sparsity": self.registry.layer_sparsity()})
+        self.log(f"evaluation only (max_steps 0) at step {self.controller.step_count}: val_{self.task.primary_metric}="
+                 f"{metrics[self.task.primary_metric]:.4f} sparsity={self.registry.weight_sparsity():.4f}")
+        self._save(epoch, skip_batches)
 
     def _train_epoch(self, epoch: int, skip_batches: int) -> Tuple[bool, int]:
         """Micro-batches of one epoch from ``skip_batches`` on (after a resume).

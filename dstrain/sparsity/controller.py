@@ -58,8 +58,9 @@ class SparsityController:
         # A data-driven criterion (oBERT) needs the engine and data, which do not exist yet:
         # its first mask update waits for the first begin_step(), after the trainer attached it.
         if self.criterion.needs_data and not will_attach:
-            raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss, which "
-                              "only dstrain's DeepSpeed trainer collects (SparseTrainer, launch/train.py)",
+            raise ConfigError("pruning.criterion", f"{self.criterion.name} needs gradients of the training loss or "
+                              "calibration inputs, which only dstrain's DeepSpeed trainer collects (SparseTrainer, "
+                              "launch/train.py)",
                               "train with SparseTrainer, or use criterion: magnitude here")
         deferred = self.criterion.needs_data or defer
         self._pending = False

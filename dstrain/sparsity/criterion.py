@@ -28,6 +28,8 @@ from dstrain.sparsity.registry import MaskRegistry
 CRITERIA: Dict[str, str] = {
     "magnitude": "dstrain.sparsity.magnitude:MagnitudeCriterion",
     "obert": "dstrain.sparsity.obert:ObertCriterion",
+    "wanda": "dstrain.sparsity.wanda:WandaCriterion",
+    "sparsegpt": "dstrain.sparsity.sparsegpt:SparseGPTCriterion",
 }
 """Criterion name (the recipe's ``pruning.criterion``) -> ``module:class``, imported on first use."""
 
@@ -48,13 +50,17 @@ class DataHooks:
     has it); ``batches(step)`` yields this rank's part of gradient mini-batches, seeded by
     the recipe step so that every world size and every resume sees the same samples;
     ``write_masters`` adds weight changes to DeepSpeed's fp32 master copies
-    (:meth:`~dstrain.sparsity.partitions.PartitionMasks.write_masters`).
+    (:meth:`~dstrain.sparsity.partitions.PartitionMasks.write_masters`);
+    ``calibration(samples, seq_len, seed, rank, world)`` gives this rank's share of ``samples``
+    token sequences from the training split, the same windows on every world size, for
+    criteria that need layer inputs rather than gradients (None when the task has none).
     """
 
     model: nn.Module
     loss: Callable[[Any], Tensor]
     batches: Callable[[int], Iterator[Any]]
     write_masters: Optional[Callable[[Dict[str, Tensor], Dict[str, Tensor]], None]] = None
+    calibration: Optional[Callable[..., Tensor]] = None
 
 
 class Criterion(abc.ABC):

@@ -10,7 +10,7 @@ from dstrain.messages import clip, pydantic_fix, pydantic_problem, shown
 from dstrain.tasks.base import Task
 
 IMAGE_TASKS = ("digits", "imagefolder", "synthetic", "fashion_mnist")
-TASKS = IMAGE_TASKS + ("glue",)
+TASKS = IMAGE_TASKS + ("glue", "causal_lm")
 
 
 def _config_class(name: Any, field: str) -> Type[BaseModel]:
@@ -22,6 +22,10 @@ def _config_class(name: Any, field: str) -> Type[BaseModel]:
         from dstrain.tasks.glue import GlueTaskConfig
 
         return GlueTaskConfig
+    if name == "causal_lm":
+        from dstrain.tasks.causal_lm import CausalLMTaskConfig
+
+        return CausalLMTaskConfig
     if name is None:
         raise ConfigError(f"{field}.name", "is missing", f"name the task: one of {', '.join(TASKS)}")
     raise ConfigError(f"{field}.name", f"unknown task {shown(name)}", f"use one of {', '.join(TASKS)}")
@@ -61,6 +65,10 @@ def build_task(config: Dict[str, Any], field: str = "task") -> Task:
         from dstrain.tasks.image import ImageClassificationTask
 
         return ImageClassificationTask(validated)
+    if config.get("name") == "causal_lm":
+        from dstrain.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(validated)
     from dstrain.tasks.glue import GlueTask
 
     return GlueTask(validated)

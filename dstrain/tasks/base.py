@@ -7,7 +7,7 @@ behind this small interface.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def forward(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Tensor]:
         """Moves ``batch`` to ``device`` and returns (logits, labels)."""
+
+    def forward_with_features(self, model: nn.Module, batch: Any,
+                              device: torch.device) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """:meth:`forward` plus per-layer features, for feature distillation (``distillation.squarehead``)."""
+        raise ConfigError("distillation.squarehead", f"task {self.name!r} gives no per-layer features to distil",
+                          "remove distillation.squarehead (or set it to 0)")
+
+    def eval_forward(self, model: nn.Module, batch: Any, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """What evaluation gathers for :meth:`metrics`; by default :meth:`forward`'s (logits, labels).
+
+        A task whose logits are too large to gather (a language model's vocabulary at every
+        position) returns per-example sums instead, and reports ``loss`` in :meth:`metrics` itself.
+        """
+        return self.forward(model, batch, device)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return nn.functional.cross_entropy(logits.float(), labels)
