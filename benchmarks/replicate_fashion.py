@@ -1,20 +1,24 @@
 #!/usr/bin/env python
-"""The under-training grid on Fashion-MNIST: recipes/fashion/ with several seeds.
+"""The under-training grid on Fashion-MNIST: recipes/fashion/ at several seeds, and the dense length
+curve that chooses its base length.
 
     apt-get install dataset-fashion-mnist                  # the data: /usr/share/datasets/fashion-mnist/
+    python benchmarks/replicate_fashion.py --length_curve  # dense at 3..24 epochs -> docs/fashion/length.{md,png}
     python benchmarks/replicate_fashion.py                 # whole grid -> runs/fashion/, report -> docs/fashion/
     python benchmarks/replicate_fashion.py --jobs 1        # one run at a time
     python benchmarks/replicate_fashion.py --only gmp98    # a subset (substring of the file name)
 
-Trains every recipe in recipes/fashion/ at seed 0, and the claim-carrying recipes (dense and
-GMP/AC-DC at 95% and 98%, at 1x and 3x; ``--claim``) also at seeds 1..N-1 (``--seeds N``,
-default 3), writing OUT/<recipe name>_s<seed>/.  ``--jobs`` runs (default 2, one per core) train
-side by side, one torch thread each.  Resumable: a run with a result.json is skipped; an
-interrupted run starts over (``--force`` re-runs everything).  Order: the whole grid at seed 0,
-then per extra seed dense, 98%, 95% with each 1x/3x pair together (see ``plan``).
-Then writes the report (report.md + report.png, dstrain/report.py: per run, and mean ±
-standard error across seeds) and timing.md to --report_dir; OUT/times.jsonl gets one line per
-trained run (seconds, load average before and after).
+Trains every recipe in --recipes at seeds 0..N-1 (``--seeds N``, default 3; ``--claim`` narrows the
+extra seeds to some recipes), writing OUT/<recipe name>_s<seed>/.  ``--jobs`` runs (default 2, one
+per core) train side by side, one torch thread each.  Resumable: a run with a result.json is
+skipped; an interrupted run starts over (``--force`` re-runs everything).  Order: the whole grid
+at seed 0, then per extra seed dense, 98%, 95%, 90% with each recipe's lengths together (see ``plan``).
+Then writes the report (report.md + report.png, dstrain/report: per run, and mean ± standard
+error across seeds), summary.md (per cell, and whether each doubling of the length closes the
+train-loss gap beyond noise), curves.png (training loss of dense, 95% and 98% at 1x and 2x) and
+timing.md to --report_dir; OUT/times.jsonl gets one line per trained run (seconds, load average
+before and after).  ``--length_curve`` trains recipes/fashion_length/ instead and writes
+length.md + length.png: the dense curve and the base length its rule picks (``choose_base``).
 """
 from __future__ import annotations
 
@@ -32,14 +36,19 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-CLAIM = ("dense_", "gmp95_", "gmp98_", "acdc95_", "acdc98_")
+CLAIM = ("dense_", "gmp", "acdc")  # every recipe of the grid gets every seed
+LENGTH_RECIPES = REPO / "recipes" / "fashion_length"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default=str(REPO / "recipes" / "fashion"), help="folder of YAML recipes")
-    p.add_argument("--out", default="runs/fashion", help="run folders go to OUT/<recipe name>_s<seed>")
-    p.add_argument("--report_dir", default=str(REPO / "docs" / "fashion"), help="where report.md/.png go")
+    p.add_argument("--recipes", default=None,
+                   help="folder of YAML recipes (default recipes/fashion, with --length_curve recipes/fashion_length)")
+    p.add_argument("--out", default=None,
+                   help="run folders go to OUT/<recipe name>_s<seed> (default runs/fashion, runs/fashion_length)")
+    p.add_argument("--report_dir", default=str(REPO / "docs" / "fashion"), help="where the report files go")
+    p.add_argument("--length_curve", action="store_true",
+                   help="the dense length curve: recipes/fashion_length/, report length.md + length.png")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for the claim-carrying recipes (default 3)")
     p.add_argument("--claim", action="append", default=None, metavar="TEXT",
                    help=f"recipe file names containing TEXT get all seeds (repeatable; default {list(CLAIM)})")
@@ -56,6 +65,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
         p.error("--seeds, --jobs and --threads must be at least 1")
+    args.recipes = args.recipes or str(LENGTH_RECIPES if args.length_curve else REPO / "recipes" / "fashion")
+    args.out = args.out or ("runs/fashion_length" if args.length_curve else "runs/fashion")
     return args
 
 
@@ -202,10 +213,221 @@ def timing_markdown(times: Path, run_dirs: List[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- the dense length curve ----------------------------------------------------------------------
+def length_points(run_dirs: List[Path]) -> List[Dict[str, Any]]:
+    """Per length (one recipe each): seeds, final test accuracy and final train loss, mean ± standard error."""
+    from dstrain.report import load_runs, mean_se, seed_groups
+
+    points = []
+    for name, group in seed_groups(load_runs(run_dirs)).items():
+        points.append({"recipe": name, "epochs": group[0].epochs, "steps": (group[0].result or {}).get("steps"),
+                       "seeds": sorted(r.seed for r in group),
+                       "accuracy": mean_se([r.final("val_accuracy") for r in group]),
+                       "train_loss": mean_se([r.final("train_loss") for r in group]), "runs": group})
+    return sorted(points, key=lambda p: p["epochs"])
+
+
+def doublings(points: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each length next to the length twice as long: the accuracy change, its standard error (the two
+    lengths' errors in quadrature) and whether the longer run is better by more than 2 of them.
+
+    "Within noise" is one-sided on purpose: a doubling that loses accuracy beyond noise (over-fitting)
+    also says the shorter length was long enough."""
+    from dstrain.report import NOISE_SE, diff_stat
+
+    by_epochs = {p["epochs"]: p for p in points}
+    out = []
+    for p in points:
+        q = by_epochs.get(2 * p["epochs"])
+        if q is None:
+            continue
+        change = diff_stat(q["accuracy"], p["accuracy"])
+        enough = None if change is None or change.se is None else change.mean <= NOISE_SE * change.se
+        out.append({"short": p, "long": q, "change": change, "enough": enough})
+    return out
+
+
+def choose_base(points: List[Dict[str, Any]]) -> Optional[float]:
+    """The grid's 1x: the shortest length whose next doubling gains no more than 2 standard errors of
+    test accuracy (None when no measured doubling qualifies: the curve must go longer)."""
+    for d in doublings(points):
+        if d["enough"]:
+            return d["short"]["epochs"]
+    return None
+
+
+def length_markdown(points: List[Dict[str, Any]]) -> str:
+    from dstrain.report import NOISE_SE
+
+    base = choose_base(points)
+    lines = ["# Dense length curve", "",
+             "The Fashion-MNIST recipe of recipes/fashion/ trained dense at each length (recipes/fashion_length/: "
+             "each a full schedule, warm-up 5% of its length and cosine to 0 at its end); final test accuracy "
+             "on the 10,000 test images and final-epoch training loss, mean ± standard error over seeds.", "",
+             "| Epochs | Steps | Seeds | Test accuracy (%) | Final train loss |", "|---:|---:|---|---:|---:|"]
+    for p in points:
+        a, t = p["accuracy"], p["train_loss"]
+        se = f" ± {a.se * 100:.2f}" if a.se is not None else ""
+        tse = f" ± {t.se:.4f}" if t.se is not None else ""
+        lines.append(f"| {p['epochs']:g} | {p['steps'] or '–'} | {','.join(map(str, p['seeds']))} "
+                     f"| {a.mean * 100:.2f}{se} | {t.mean:.4f}{tse} |")
+    lines += ["", f"Rule: 1x is the shortest length whose next doubling raises test accuracy by no more than "
+                  f"{NOISE_SE:g} standard errors of the change (the two lengths' standard errors in quadrature).", "",
+              "| Doubling | Accuracy change (pts) | 2 standard errors (pts) | Longer run better beyond noise |",
+              "|---|---:|---:|---|"]
+    for d in doublings(points):
+        c = d["change"]
+        two_se = "–" if c.se is None else f"{NOISE_SE * c.se * 100:.2f}"
+        verdict = "–" if d["enough"] is None else ("no: the shorter length is enough" if d["enough"] else "yes")
+        lines.append(f"| {d['short']['epochs']:g} → {d['long']['epochs']:g} | {c.mean * 100:+.2f} | {two_se} "
+                     f"| {verdict} |")
+    lines += ["", f"Chosen 1x: **{base:g} epochs**." if base is not None else
+              "No measured length qualifies: the curve has to go longer before the grid can pick its 1x."]
+    return "\n".join(lines) + "\n"
+
+
+def length_plot(points: List[Dict[str, Any]], path: Path) -> None:
+    """Test accuracy and final train loss against length (log 2 axis), every seed as a dot, 1x marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [p["epochs"] for p in points]
+    for ax, key, scale, label in ((axes[0], "accuracy", 100.0, "final test accuracy (%)"),
+                                  (axes[1], "train_loss", 1.0, "final-epoch train loss")):
+        means = [p[key].mean * scale for p in points]
+        errs = [(p[key].se or 0.0) * scale for p in points]
+        ax.errorbar(epochs, means, yerr=errs, marker="o", capsize=4, label="mean ± standard error")
+        for p in points:
+            values = [(r.final("val_accuracy") if key == "accuracy" else r.final("train_loss")) * scale
+                      for r in p["runs"]]
+            ax.plot([p["epochs"]] * len(values), values, ".", color="grey", alpha=0.7)
+        base = choose_base(points)
+        if base is not None:
+            ax.axvline(base, color="tab:red", linestyle="--", label=f"chosen 1x = {base:g} epochs")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(epochs, [f"{e:g}" for e in epochs])
+        ax.set_xlabel("epochs (each a full cosine schedule)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Dense SmallResNet-8 on Fashion-MNIST: length curve")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the grid's summary ----------------------------------------------------------------------------
+def _pm(stat: Any, scale: float = 1.0, fmt: str = "{:.4f}", signed: bool = False) -> str:
+    if stat is None:
+        return "–"
+    text = ("{:+" + fmt[2:]).format(stat.mean * scale) if signed else fmt.format(stat.mean * scale)
+    return text if stat.se is None else f"{text} ± {fmt.format(stat.se * scale)}"
+
+
+def _verdict(change: Any) -> str:
+    """What a change of the train-loss gap says, against 2 standard errors."""
+    if change is None or change.se is None:
+        return "–"
+    if not change.exceeds_noise:
+        return "no change beyond noise"
+    return "closes" if change.mean < 0 else "widens"
+
+
+def _pts(stat: Any, signed: bool = True) -> str:
+    """An accuracy statistic (a fraction) in percentage points."""
+    return _pm(stat, 100, "{:.2f}", signed)
+
+
+def _cell_line(r: Dict[str, Any], base: float) -> str:
+    dense = r["is_dense"]
+    return (f"| {r['method']} | {r['epochs'] / base:g}x | {r['epochs']:g} | {','.join(map(str, r['seeds']))} "
+            f"| {_pts(r['score'], signed=False)} | {'0 (ref)' if dense else _pts(r['d_score'])} "
+            f"| {_pm(r['train_loss'])} | {'0 (ref)' if dense else _pm(r['gap'], signed=True)} |")
+
+
+def _doubling_line(method: str, short: Dict[str, Any], long: Dict[str, Any]) -> str:
+    from dstrain.report import diff_stat
+
+    gap_change = diff_stat(long["gap"], short["gap"])
+    closed = "–"
+    if short["gap"] is not None and long["gap"] is not None and short["gap"].mean > 0:
+        closed = f"{(1 - long['gap'].mean / short['gap'].mean) * 100:.0f}%"
+    return (f"| {method} | {short['epochs']:g} → {long['epochs']:g} "
+            f"| {_pts(short['d_score'])} → {_pts(long['d_score'])} "
+            f"| {_pts(diff_stat(long['d_score'], short['d_score']))} "
+            f"| {_pm(short['gap'], signed=True)} → {_pm(long['gap'], signed=True)} "
+            f"| {_pm(gap_change, signed=True)} | {closed} | {_verdict(gap_change)} |")
+
+
+def summary_markdown(run_dirs: List[Path]) -> str:
+    """Per cell (method, sparsity, length): accuracy, loss to dense, train loss and gap; then per
+    doubling of the length, whether the gap closes beyond noise."""
+    from dstrain.report import load_runs, seed_rows
+
+    rows = seed_rows(load_runs(run_dirs))
+    base = min(r["epochs"] for r in rows)
+    lines = ["# Fashion-MNIST grid: summary per cell", "",
+             f"1x = {base:g} epochs. Test accuracy on the 10,000 test images and final-epoch train loss at the "
+             "end of training; Δ and gap against the dense run of the same length and seed, then averaged; "
+             "mean ± standard error over seeds.", "",
+             "| Method | Length | Epochs | Seeds | Test accuracy (%) | Δ vs dense (pts) | Final train loss "
+             "| Train-loss gap to dense |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    lines += [_cell_line(r, base) for r in sorted(rows, key=lambda r: (not r["is_dense"], r["method"], r["epochs"]))]
+    lines += ["", "## Doubling the length", "",
+              "Change = longer minus shorter, standard errors in quadrature; a change counts when it is more than "
+              "2 standard errors from 0. Gap closed = 1 − gap(longer) / gap(shorter).", "",
+              "| Method | Epochs | Δ vs dense (pts), shorter → longer | Δ change (pts) "
+              "| Train-loss gap, shorter → longer | Gap change | Gap closed | The longer schedule |",
+              "|---|---|---|---:|---|---:|---:|---|"]
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        if not r["is_dense"]:
+            by_method.setdefault(r["method"], []).append(r)
+    for method in sorted(by_method):
+        cells = sorted(by_method[method], key=lambda r: r["epochs"])
+        lines += [_doubling_line(method, short, long) for short, long in zip(cells, cells[1:])]
+    return "\n".join(lines) + "\n"
+
+
+def curves_plot(run_dirs: List[Path], path: Path) -> None:
+    """Training loss per epoch (mean over seeds) of dense, 95% and 98% at 1x and 2x, one panel per length."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from dstrain.report import load_runs, mean_curves
+
+    runs = [r for r in mean_curves(load_runs(run_dirs)) if r.is_dense or r.target_sparsity in (0.95, 0.98)]
+    base = min(r.epochs for r in runs)
+    methods = sorted({r.method for r in runs}, key=lambda m: (m != "dense", m))
+    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, mult in zip(axes, (1, 2)):
+        for run in sorted((r for r in runs if r.epochs == mult * base), key=lambda r: methods.index(r.method)):
+            epochs = [row["epoch"] for row in run.rows]
+            ax.plot(epochs, run.series("train_loss"), "-" if run.kind != "acdc" else "--",
+                    color=colors[run.method], label=run.method, linewidth=2 if run.is_dense else 1.3)
+        ax.set_title(f"{mult}x = {mult * base:g} epochs")
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("training loss (epoch mean, mean over seeds)")
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda hl: len(hl[0]))
+    axes[-1].legend(handles, labels, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from dstrain import ConfigError, load_recipe
-    from dstrain.report import write_report
 
     paths = sorted(Path(args.recipes).glob("*.yaml"))
     if args.only:
@@ -237,18 +459,35 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         epochs = {p: load_recipe(p, overrides).training.epochs for p in paths}
         shown = sorted(zip(jobs, run_dirs), key=lambda j: (epochs[j[0][0]], "dense" not in j[0][0].name,
-                                                         j[0][0].name, j[0][1]))  # 1x then 3x, dense first
+                                                         j[0][0].name, j[0][1]))  # shortest first, dense first
         finished = [d for _, d in shown if _finished(d)]
         if not finished:
             raise ConfigError("--out", f"{out} holds no finished run of this grid", "train first (drop --report_only)")
-        written = write_report(finished, args.report_dir)
-        (Path(args.report_dir) / "timing.md").write_text(timing_markdown(out / "times.jsonl", [d for _, d in shown]))
+        written = _write_reports(finished, Path(args.report_dir), args.length_curve)
+        timing = "length_timing.md" if args.length_curve else "timing.md"
+        (Path(args.report_dir) / timing).write_text(timing_markdown(out / "times.jsonl", [d for _, d in shown]))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(written["md"].read_text())
-    print(f"wrote {written['md']} and {written['png']} ({time.time() - start:.0f}s in all)")
+    print(written[0].read_text())
+    print(f"wrote {', '.join(map(str, written))} ({time.time() - start:.0f}s in all)")
     return 0
+
+
+def _write_reports(finished: List[Path], report_dir: Path, length_curve: bool) -> List[Path]:
+    """The length curve's table and plot, or the grid's report, per-cell summary and loss curves."""
+    from dstrain.report import write_report
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if length_curve:
+        points = length_points(finished)
+        (report_dir / "length.md").write_text(length_markdown(points))
+        length_plot(points, report_dir / "length.png")
+        return [report_dir / "length.md", report_dir / "length.png"]
+    written = write_report(finished, report_dir)
+    (report_dir / "summary.md").write_text(summary_markdown(finished))
+    curves_plot(finished, report_dir / "curves.png")
+    return [report_dir / "summary.md", written["md"], written["png"], report_dir / "curves.png"]
 
 
 if __name__ == "__main__":
