@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -82,16 +84,29 @@ def distillation_loss(
     return (1.0 - alpha_kd) * hard_loss + alpha_kd * soft
 
 
-def squarehead_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
-    """sum over layers of MSE(student, teacher) / mean(teacher ** 2), in float32; the teacher is detached."""
+def squarehead_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
+                    average_over_ranks: bool = False) -> Tensor:
+    """sum over layers of MSE(student, teacher) / mean(teacher ** 2), in float32; the teacher is detached.
+
+    ``average_over_ranks``: the teacher's mean squares are averaged over the data-parallel ranks
+    (one all-reduce of a vector of per-layer scalars, which carry no gradient), so that the loss of
+    a global batch split over N processes is the loss of that batch in one process: a per-rank
+    denominator would make the ratio depend on the world size. Every rank must call it together
+    (the training step does; equal per-rank batches, as the trainer's loaders drop partial ones).
+    """
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError(f"{len(student_features)} student and {len(teacher_features)} teacher layers: "
                          "SquareHead pairs the layers of one architecture")
-    total = None
     for s, t in zip(student_features, teacher_features):
         if s.shape != t.shape:
             raise ValueError(f"student features {tuple(s.shape)} and teacher features {tuple(t.shape)} differ")
-        t = t.detach().float()
-        term = F.mse_loss(s.float(), t) / t.pow(2).mean().clamp_min(1e-30)
+    scales = torch.stack([t.detach().float().pow(2).mean() for t in teacher_features])
+    if average_over_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(scales)
+        scales = scales / dist.get_world_size()
+    scales = scales.clamp_min(1e-30)
+    total = None
+    for s, t, scale in zip(student_features, teacher_features, scales):
+        term = F.mse_loss(s.float(), t.detach().float()) / scale
         total = term if total is None else total + term
     return total

@@ -111,7 +111,8 @@ class SparseTrainer:
                 teacher_out = forward(self.teacher, batch, self.device)
             loss = distillation_loss(out[0], teacher_out[0], loss, spec.alpha, spec.temperature)
             if features:
-                loss = loss + spec.squarehead * squarehead_loss(out[2], teacher_out[2])
+                # normalised over the global batch in the training step; a criterion's own mini-batches are per rank
+                loss = loss + spec.squarehead * squarehead_loss(out[2], teacher_out[2], average_over_ranks=model is None)
         return loss
 
     # --- evaluation ------------------------------------------------------------------------
