@@ -53,9 +53,9 @@ class CausalLMTaskConfig(BaseModel):
     model: str = Field(description="save_pretrained folder, .gguf file, or pkg:<package>/<file>")
     tokenizer: Optional[str] = Field(default=None, description="default: the model's own")
     data: List[str] = Field(min_length=1, description="plain-text files (.gz or plain), joined in order")
-    max_length: int = Field(default=256, gt=0, description="tokens per block (training and held-out)")
-    validation_every: int = Field(default=20, ge=2, description="block i is held out when i % N == N - 1")
-    eval_blocks: Optional[int] = Field(default=None, ge=1, description="evaluate on the first N held-out blocks "
+    max_length: int = Field(default=256, gt=0, le=1 << 20, description="tokens per block (training and held-out)")
+    validation_every: int = Field(default=20, ge=2, le=1 << 20, description="block i is held out when i % N == N - 1")
+    eval_blocks: Optional[int] = Field(default=None, ge=1, le=1 << 30, description="evaluate on the first N held-out blocks "
                                        "only (a fixed, cheaper held-out set); default all")
 
 
