@@ -16,6 +16,15 @@ from torch.utils.data import Dataset
 from dstrain.errors import ConfigError
 
 
+def task_config(config_class: type, config: Any, kwargs: Dict[str, Any]) -> Any:
+    """A task's config: the one given, or one built from keyword arguments (never both, which would be ambiguous)."""
+    if config is None:
+        return config_class(**kwargs)
+    if kwargs:
+        raise TypeError(f"pass either a {config_class.__name__} or keyword arguments, not both (got {sorted(kwargs)})")
+    return config
+
+
 class Task(abc.ABC):
     """One supervised problem: model factory, datasets, forward, loss and metrics."""
 

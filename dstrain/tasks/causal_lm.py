@@ -33,7 +33,7 @@ from dstrain.data.text import BlockDataset, PackedText, calibration_windows, rea
 from dstrain.errors import ConfigError
 from dstrain.models.causal_lm import (check_same_vocabulary, load_causal_lm, load_config, load_tokenizer,
                                      resolve_model_path)
-from dstrain.tasks.base import Task
+from dstrain.tasks.base import Task, task_config
 
 __all__ = ["CausalLMTaskConfig", "CausalLMTask", "SAME_MODEL"]
 
@@ -70,11 +70,7 @@ class CausalLMTask(Task):
     primary_metric = "perplexity"
 
     def __init__(self, config: Optional[CausalLMTaskConfig] = None, **kwargs: Any) -> None:
-        if config is None:
-            config = CausalLMTaskConfig(**kwargs)
-        elif kwargs:
-            raise TypeError(f"pass either a CausalLMTaskConfig or keyword arguments, not both (got {sorted(kwargs)})")
-        self.config = config
+        self.config = config = task_config(CausalLMTaskConfig, config, kwargs)
         self.name = "causal_lm"
         self.model_path = resolve_model_path(config.model, "task.model")
         self.tokenizer_path = (resolve_model_path(config.tokenizer, "task.tokenizer") if config.tokenizer

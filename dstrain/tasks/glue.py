@@ -33,7 +33,7 @@ from dstrain.data.glue import (
 )
 from dstrain.errors import ConfigError
 from dstrain.metrics import PRIMARY_METRIC, glue_metrics
-from dstrain.tasks.base import Task
+from dstrain.tasks.base import Task, task_config
 
 __all__ = ["GlueTaskConfig", "GlueTask"]
 
@@ -95,11 +95,7 @@ class GlueTask(Task):
     """
 
     def __init__(self, config: Optional[GlueTaskConfig] = None, **kwargs: Any) -> None:
-        if config is None:
-            config = GlueTaskConfig(**kwargs)
-        elif kwargs:
-            raise TypeError(f"pass either a GlueTaskConfig or keyword arguments, not both (got {sorted(kwargs)})")
-        self.config = config
+        self.config = config = task_config(GlueTaskConfig, config, kwargs)
         self.spec = get_task_spec(config.glue_task)
         self.name = f"glue/{self.spec.name}"
         self.model_dir = _check_model_dir(config.model_dir, "task.model_dir")
